@@ -1,0 +1,113 @@
+"""Checkpoints in, parameter pytrees out.
+
+One shared converter serves every family: a family contributes only its name map
+(`converters/<family>.py`: parameter path -> checkpoint tensor name and layout). The
+converter checks the whole checkpoint against the map before reading data (missing,
+unexpected and wrongly shaped tensors are errors that name the file and the tensor), then
+reads, transforms and casts one tensor at a time, so that at most one tensor exists in two
+copies at once. A model is converted whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from tqdm.auto import tqdm
+
+from jaxinterp.converters import llama
+from jaxinterp.converters.layouts import Layout
+from jaxinterp.converters.sources import Checkpoint, ShardedSource, open_checkpoint
+from jaxinterp.errors import CheckpointError
+
+NAME_MAPS = {"llama": llama}
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a/b/c': leaf}."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{path}/"))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'a/b/c': leaf} -> nested dict."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def check(
+    tensors: ShardedSource,
+    table: Mapping[str, tuple[str, Layout]],
+    expected: Mapping[str, jax.ShapeDtypeStruct],
+    ignored: tuple[str, ...] = (),
+) -> None:
+    """Raises CheckpointError unless the checkpoint holds exactly the tensors the map needs, in the right shapes."""
+    available = set(tensors.names)
+    wanted = {name for name, _ in table.values()}
+    for path, (name, layout) in table.items():
+        if name not in available:
+            raise CheckpointError(f"{tensors.path}: tensor {name}: missing (needed for parameter {path})")
+        want = tuple(layout.source_shape(tuple(expected[path].shape)))
+        found = tuple(tensors.shape(name))
+        if found != want:
+            raise CheckpointError(f"{tensors.where(name)}: tensor {name}: expected shape {want}, found {found}")
+    for name in sorted(available - wanted):
+        if not any(re.fullmatch(pattern, name) for pattern in ignored):
+            raise CheckpointError(
+                f"{tensors.where(name)}: tensor {name}: unexpected for this configuration "
+                "(does config.json describe these weights?)"
+            )
+
+
+def convert(
+    checkpoint: Checkpoint,
+    config: Any,
+    expected: Mapping[str, jax.ShapeDtypeStruct],
+    *,
+    dtype: Any = jnp.float32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Converts a checkpoint into the nested parameter dict of `config`'s family.
+
+    Args:
+      checkpoint: from `open_checkpoint`.
+      config: the family config the parameters are for.
+      expected: flattened parameter path -> ShapeDtypeStruct (from the model's init).
+      dtype: parameter dtype of the result.
+      progress: show a progress bar.
+    """
+    names = NAME_MAPS[config.family]
+    table = names.name_map(config)
+    if set(table) != set(expected):
+        raise CheckpointError(  # a bug in a name map, not in the user's checkpoint
+            f"name map of {config.family} does not cover the model: {sorted(set(table) ^ set(expected))[:5]}"
+        )
+    tensors = checkpoint.tensors
+    check(tensors, table, expected, names.ignored(config))
+    params = {}
+    for path, (name, layout) in tqdm(
+        table.items(), desc=f"converting {os.path.basename(checkpoint.description)}", unit="tensor", disable=not progress, leave=False
+    ):
+        value = layout.apply(tensors.get(name), tuple(expected[path].shape))
+        params[path] = jnp.array(value, dtype=dtype)  # always a copy: never alias a memory map
+        del value
+    return unflatten(params)
+
+
+__all__ = ["Checkpoint", "check", "convert", "flatten", "open_checkpoint", "unflatten"]

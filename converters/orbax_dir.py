@@ -1,0 +1,92 @@
+"""The converted-model directory: an orbax checkpoint plus config, tokenizer and provenance.
+
+Layout of a directory written by `jaxinterp convert` (and of each cache entry):
+
+    DST/jaxinterp.json   {"format": 1, "family": ..., "config": {...}, "dtype": ..., "source": ...,
+                          "source_hash": ..., "library_version": ...}
+    DST/params/          orbax checkpoint of the parameter pytree
+    DST/tokenizer/       transformers tokenizer files (absent if the checkpoint had none)
+
+A directory is written under a temporary name beside DST and renamed into place only when
+complete, so a crash or an error leaves nothing at DST.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from jaxinterp.errors import CheckpointError
+
+FORMAT = 1
+MANIFEST = "jaxinterp.json"
+
+
+def is_converted(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory written by `save`."""
+    return os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def save(dst: str | os.PathLike, params: Mapping[str, Any], manifest: Mapping[str, Any], tokenizer: Any = None) -> None:
+    """Writes params, manifest and tokenizer to `dst` atomically (fails if `dst` exists)."""
+    import orbax.checkpoint as ocp
+
+    dst = os.path.abspath(os.fspath(dst))
+    if os.path.exists(dst):
+        raise CheckpointError(f"{dst}: already exists; choose a new destination or remove it")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(staging, "params"), params)
+        checkpointer.wait_until_finished()
+        if tokenizer is not None:
+            tokenizer.save_pretrained(os.path.join(staging, "tokenizer"))
+        with open(os.path.join(staging, MANIFEST), "w") as f:
+            json.dump({"format": FORMAT, **manifest}, f, indent=2)
+        os.rename(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a converted directory, checked for format."""
+    manifest_path = os.path.join(path, MANIFEST)
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{manifest_path}: unreadable ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{manifest_path}: format: expected {FORMAT}, found {manifest.get('format')!r}")
+    return manifest
+
+
+def restore(path: str | os.PathLike, abstract: Mapping[str, Any]) -> dict[str, Any]:
+    """Restores the params of a converted directory into the shapes/dtypes of `abstract`."""
+    import orbax.checkpoint as ocp
+
+    params_path = os.path.join(os.path.abspath(path), "params")
+    try:
+        params = ocp.StandardCheckpointer().restore(params_path, abstract)
+    except Exception as e:
+        raise CheckpointError(f"{params_path}: cannot restore ({type(e).__name__}: {e})") from None
+    found = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+    if found != want:
+        raise CheckpointError(f"{params_path}: parameters do not match the saved config")
+    return params
+
+
+def tokenizer_dir(path: str | os.PathLike) -> str | None:
+    """The tokenizer folder of a converted directory, if it has one."""
+    folder = os.path.join(path, "tokenizer")
+    return folder if os.path.isdir(folder) else None

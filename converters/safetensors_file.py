@@ -1,0 +1,100 @@
+"""A validating, memory-mapped reader of `.safetensors` files.
+
+The header is checked in full before any tensor is touched: its length must fit the file,
+it must be a JSON object, every tensor needs a known dtype, a shape of non-negative
+integers and a data range inside the file whose size equals shape x itemsize, and ranges
+may not overlap. Tensors are then read lazily from a memory map, one at a time, so a
+converter never holds a second copy of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+
+import ml_dtypes
+import numpy as np
+
+from jaxinterp.errors import CheckpointError
+
+DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class SafetensorsFile:
+    """Tensors of one `.safetensors` file: `names`, `shape(name)`, `get(name)`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._entries, self._data_start = self._read_header()
+        self._memmap: np.memmap | None = None
+
+    def _fail(self, field: str, message: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: {field}: {message}")
+
+    def _read_header(self) -> tuple[dict[str, dict], int]:
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise self._fail("header length", f"expected 8 bytes, the file has {len(prefix)}")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(size - 8, MAX_HEADER_BYTES):
+                raise self._fail("header length", f"{length} bytes does not fit a file of {size} bytes")
+            raw = f.read(length)
+        try:
+            header = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._fail("header", f"expected JSON, found undecodable bytes ({e})") from None
+        if not isinstance(header, dict):
+            raise self._fail("header", f"expected a JSON object, found {type(header).__name__}")
+        header.pop("__metadata__", None)
+        data_size = size - 8 - length
+        entries = {name: self._check_entry(name, entry, data_size) for name, entry in header.items()}
+        ranges = sorted((e["begin"], e["end"], name) for name, e in entries.items() if e["end"] > e["begin"])
+        for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+            if begin < end:
+                raise self._fail(f"tensor {second}", f"data range overlaps tensor {first}")
+        return entries, 8 + length
+
+    def _check_entry(self, name: str, entry: object, data_size: int) -> dict:
+        field = f"tensor {name}"
+        if not isinstance(entry, dict):
+            raise self._fail(field, f"expected an object, found {type(entry).__name__}")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in DTYPES:
+            raise self._fail(field, f"dtype: expected one of {sorted(DTYPES)}, found {dtype!r}")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise self._fail(field, f"shape: expected a list of non-negative integers, found {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise self._fail(field, f"data_offsets: expected [begin, end], found {offsets!r}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_size:
+            raise self._fail(
+                field, f"data_offsets [{begin}, {end}] lie outside the {data_size} data bytes (truncated file?)"
+            )
+        expected = math.prod(shape) * np.dtype(DTYPES[dtype]).itemsize
+        if end - begin != expected:
+            raise self._fail(field, f"expected {expected} bytes for shape {shape} {dtype}, found {end - begin}")
+        return {"dtype": DTYPES[dtype], "shape": tuple(shape), "begin": begin, "end": end}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name]["shape"]
+
+    def get(self, name: str) -> np.ndarray:
+        """One tensor as a read-only view of the memory map (no copy until it is used)."""
+        if self._memmap is None:
+            self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        entry = self._entries[name]
+        start = self._data_start + entry["begin"]
+        raw = self._memmap[start: self._data_start + entry["end"]]
+        return raw.view(entry["dtype"]).reshape(entry["shape"])

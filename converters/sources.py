@@ -1,0 +1,213 @@
+"""Checkpoints as tensor sources: a config, tensors read one at a time, and a tokenizer.
+
+`open_checkpoint` accepts a Hugging Face checkpoint directory (`config.json` with
+`model.safetensors`, a sharded `model.safetensors.index.json`, or `pytorch_model.bin`), a
+single `.safetensors` / `.bin` file next to its `config.json`, a `.gguf` file, or an
+in-memory `transformers` PyTorch model. Every source exposes the same three methods:
+`names`, `shape(name)` and `get(name)` (a numpy array), plus `where(name)`, the file that
+holds a tensor, for error messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from jaxinterp.converters.gguf_file import GGUFFile
+from jaxinterp.converters.safetensors_file import SafetensorsFile
+from jaxinterp.errors import CheckpointError
+
+
+class TensorSource(Protocol):
+    @property
+    def names(self) -> list[str]: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def get(self, name: str) -> np.ndarray: ...
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+    """A CPU numpy copy of a torch tensor (bfloat16 through ml_dtypes, without rounding)."""
+    import ml_dtypes
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+class TorchBinFile:
+    """A `pytorch_model.bin` read through torch's weights-only unpickler (no code runs)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(
+                f"{self.path}: reading .bin checkpoints needs torch; install it with "
+                "`pip install 'jaxinterp[torch]'` or convert the file to safetensors"
+            ) from None
+        try:
+            self._tensors = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise CheckpointError(
+                f"{self.path}: refused: the weights-only unpickler could not read it ({type(e).__name__}: {e}). "
+                "Checkpoints that need arbitrary code to load are never executed; convert it to safetensors "
+                "in an environment you trust"
+            ) from None
+        if not isinstance(self._tensors, dict):
+            raise CheckpointError(f"{self.path}: expected a dict of tensors, found {type(self._tensors).__name__}")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def get(self, name: str) -> np.ndarray:
+        return _torch_to_numpy(self._tensors[name])
+
+
+class ModuleTensors:
+    """The state dict of an in-memory PyTorch model."""
+
+    def __init__(self, module):
+        self.path = f"<in-memory {type(module).__name__}>"
+        self._tensors = module.state_dict()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def get(self, name: str) -> np.ndarray:
+        return _torch_to_numpy(self._tensors[name])
+
+
+class ShardedSource:
+    """Several files read as one source; `where(name)` names the file that holds a tensor."""
+
+    def __init__(self, files: list[TensorSource]):
+        self.files = files
+        self._owner = {}
+        for file in files:
+            for name in file.names:
+                if name in self._owner:
+                    raise CheckpointError(f"{file.path}: tensor {name}: also stored in {self._owner[name].path}")
+                self._owner[name] = file
+
+    @property
+    def path(self) -> str:
+        return self.files[0].path if len(self.files) == 1 else os.path.dirname(self.files[0].path)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._owner)
+
+    def where(self, name: str) -> str:
+        return self._owner[name].path if name in self._owner else self.path
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._owner[name].shape(name)
+
+    def get(self, name: str) -> np.ndarray:
+        return self._owner[name].get(name)
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A checkpoint ready to convert: where it is, its HF config, tensors, and a tokenizer loader."""
+
+    description: str
+    hf_config: dict[str, Any]
+    tensors: ShardedSource
+    load_tokenizer: Callable[[], Any]
+    files: tuple[str, ...] = ()
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (a Hugging Face checkpoint needs its config.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _open_file(path: str) -> TensorSource:
+    if path.endswith(".safetensors"):
+        return SafetensorsFile(path)
+    if path.endswith((".bin", ".pt", ".pth")):
+        return TorchBinFile(path)
+    raise CheckpointError(f"{path}: expected a .safetensors, .bin or .gguf file")
+
+
+def _weight_files(folder: str) -> list[str]:
+    """The weight files of a Hugging Face checkpoint directory, preferring safetensors."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index_path = os.path.join(folder, index_name)
+        if os.path.exists(index_path):
+            weight_map = _read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index_path}: weight_map: expected a non-empty object, found {weight_map!r}")
+            files = [os.path.join(folder, name) for name in dict.fromkeys(weight_map.values())]
+            for file in files:
+                if not os.path.exists(file):
+                    raise CheckpointError(f"{file}: listed in {index_name} but missing")
+            return files
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.exists(os.path.join(folder, name)):
+            return [os.path.join(folder, name)]
+    raise CheckpointError(
+        f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
+    )
+
+
+def _directory_tokenizer(folder: str) -> Callable[[], Any]:
+    def load():
+        if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+
+    return load
+
+
+def open_checkpoint(source: Any) -> Checkpoint:
+    """Opens a checkpoint (see the module docstring) without reading any tensor data."""
+    if not isinstance(source, (str, os.PathLike)):
+        if hasattr(source, "state_dict") and hasattr(source, "config"):
+            tensors = ShardedSource([ModuleTensors(source)])
+            return Checkpoint(tensors.path, source.config.to_dict(), tensors, lambda: None)
+        raise CheckpointError(
+            f"source: expected a path or a transformers PyTorch model, found {type(source).__name__}"
+        )
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.endswith(".gguf"):
+        gguf = GGUFFile(path)
+        return Checkpoint(path, gguf.hf_config(), ShardedSource([gguf]), gguf.tokenizer, (path,))
+    if os.path.isdir(path):
+        folder, files = path, _weight_files(path)
+    else:
+        folder, files = os.path.dirname(os.path.abspath(path)), [path]
+    config = _read_json(os.path.join(folder, "config.json"))
+    tensors = ShardedSource([_open_file(f) for f in files])
+    return Checkpoint(path, config, tensors, _directory_tokenizer(folder), tuple(files))

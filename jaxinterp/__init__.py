@@ -1,0 +1,22 @@
+"""jaxinterp: transformer models open to inspection and surgery in JAX.
+
+    import jaxinterp as ji
+    model = ji.load("smollm2")
+    run = model.run("The capital of France is", capture=["blocks.*.attn.probs"])
+    logits = model("The capital of France is", edits=ji.ScaleHead(layer=5, head=2, scale=0.0))
+"""
+
+from jaxinterp.cache import library_version as _library_version
+from jaxinterp.edits import AddToResidual, Edit, FunctionEdit, PatternFromScores, ScaleHead, SetHead, compose
+from jaxinterp.errors import ArgumentError, CheckpointError, ConfigError, JaxinterpError, SiteError
+from jaxinterp.loader import convert, load
+from jaxinterp.model import Model, Run
+from jaxinterp.models import SEGMENTS, Batch, Context, make_batch
+
+__version__ = _library_version()
+
+__all__ = [
+    "AddToResidual", "ArgumentError", "Batch", "CheckpointError", "ConfigError", "Context", "Edit",
+    "FunctionEdit", "JaxinterpError", "Model", "PatternFromScores", "Run", "SEGMENTS", "ScaleHead",
+    "SetHead", "SiteError", "compose", "convert", "load", "make_batch",
+]

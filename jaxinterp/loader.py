@@ -1,0 +1,92 @@
+"""One loader: `load(source)` for built-in names, checkpoints, GGUF files, converted directories.
+
+    load("smollm2")                    the embedded default (converted once, then cached)
+    load("path/to/hf_checkpoint_dir")  config.json + safetensors / sharded / pytorch_model.bin
+    load("model.gguf")                 dequantised, tokenizer from the file's metadata
+    load("converted_dir")              written by `jaxinterp convert` (no torch needed)
+    load(torch_model)                  an in-memory transformers model
+
+Loading is all or nothing: every tensor is checked against the config before data is read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp import cache, models
+from jaxinterp.converters import convert as convert_checkpoint
+from jaxinterp.converters import flatten, open_checkpoint, orbax_dir
+from jaxinterp.errors import ArgumentError
+from jaxinterp.model import Model
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dtype(dtype: str | Any) -> Any:
+    name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise ArgumentError(f"dtype: expected one of {sorted(DTYPES)}, found {dtype!r}")
+    return DTYPES[name]
+
+
+def _from_checkpoint(source: Any, dtype: Any, progress: bool):
+    """(checkpoint, config, params) converted in memory."""
+    checkpoint = open_checkpoint(source)
+    config = models.config_from_hf(checkpoint.hf_config, source=f"{checkpoint.description} (config)")
+    expected = flatten(models.abstract_params(config, dtype))
+    params = convert_checkpoint(checkpoint, config, expected, dtype=dtype, progress=progress)
+    return checkpoint, config, params
+
+
+def convert(source: Any, destination: str | os.PathLike, *, dtype: str = "float32", progress: bool = True,
+            source_hash: str | None = None) -> str:
+    """Converts a checkpoint into a directory that `load` restores without torch.
+
+    The directory holds an orbax checkpoint of the parameters, the config, the tokenizer and
+    the provenance (see `jaxinterp.converters.orbax_dir`); it is written atomically.
+    """
+    dtype = _dtype(dtype)
+    checkpoint, config, params = _from_checkpoint(source, dtype, progress)
+    manifest = {
+        **models.config_to_dict(config),
+        "dtype": jnp.dtype(dtype).name,
+        "source": os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else checkpoint.description,
+        "source_hash": source_hash,
+        "library_version": cache.library_version(),
+    }
+    orbax_dir.save(destination, params, manifest, checkpoint.load_tokenizer())
+    return os.fspath(destination)
+
+
+def _restore(path: str, dtype: Any) -> Model:
+    from transformers import AutoTokenizer
+
+    manifest = orbax_dir.read_manifest(path)
+    config = models.config_from_dict(manifest)
+    saved = models.abstract_params(config, jnp.dtype(manifest["dtype"]))
+    params = orbax_dir.restore(path, saved)
+    if jnp.dtype(manifest["dtype"]) != jnp.dtype(dtype):
+        params = jax.tree.map(lambda x: x.astype(dtype), params)
+    folder = orbax_dir.tokenizer_dir(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder) if folder else None
+    return Model(config, params, tokenizer, source=manifest.get("source", path))
+
+
+def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = True) -> Model:
+    """Loads a model (see the module docstring); `dtype` is `float32` or `bfloat16`."""
+    dtype = _dtype(dtype)
+    if isinstance(source, str) and source in cache.BUILTINS:
+        def build(src: str, dst: str, source_hash: str) -> None:
+            convert(src, dst, progress=progress, source_hash=source_hash)
+
+        model = _restore(cache.cached_conversion(source, build), dtype)
+        model.source = source
+        return model
+    if isinstance(source, (str, os.PathLike)) and orbax_dir.is_converted(source):
+        return _restore(os.fspath(source), dtype)
+    checkpoint, config, params = _from_checkpoint(source, dtype, progress)
+    return Model(config, params, checkpoint.load_tokenizer(), source=checkpoint.description)

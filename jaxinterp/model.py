@@ -1,0 +1,250 @@
+"""`Model`: a loaded model with its tokenizer, run through sites, edits and gradients.
+
+Every entry point funnels into one jitted pure forward whose arguments are the params
+pytree, the batch, the edits (a pytree: numbers are leaves, structure is static) and the
+deltas; the capture patterns and the objective of `grad` are static. So a new steering
+vector or head index reuses the compiled program, while a new edit type, a new capture set
+or a new input shape compiles once more.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxinterp import models
+from jaxinterp.edits import Edit, compose
+from jaxinterp.errors import ArgumentError
+from jaxinterp.generate import Generation, decode_loop, run_generation
+from jaxinterp.models import Batch, make_batch
+from jaxinterp.models.sites import resolve
+
+Array = jax.Array
+Inputs = str | Sequence[str] | Batch | np.ndarray | Array
+
+
+@struct.dataclass
+class Run:
+    """Result of `Model.run`: float32 logits [B, T, V], the captured sites, and the batch run."""
+
+    logits: Array
+    captured: dict[str, Array]
+    batch: Batch
+
+    def __getitem__(self, site: str) -> Array:
+        return self.captured[site]
+
+
+def _run_forward(config, params, batch, edits, deltas, capture):
+    output, captured = models.forward(config, params, batch, edits=edits, deltas=deltas, capture=capture)
+    return Run(logits=output.logits, captured=captured, batch=batch)
+
+
+def _value_and_grad(config, params, batch, edits, deltas, capture, fn):
+    def objective(deltas):
+        return fn(_run_forward(config, params, batch, edits, deltas, capture))
+
+    return jax.value_and_grad(objective)(deltas)
+
+
+class Model:
+    """A model: `config`, `params` (a pytree), `tokenizer`, and methods that run it.
+
+    Inputs everywhere may be a string, a list of strings (right-padded), an int array of
+    token ids [T] or [B, T], or a `Batch` (see `encode`).
+    """
+
+    def __init__(self, config: Any, params: Mapping[str, Any], tokenizer: Any = None, *, source: str = ""):
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.source = source
+        self._forward = jax.jit(functools.partial(_run_forward, config), static_argnames=("capture",))
+        self._grad = jax.jit(functools.partial(_value_and_grad, config), static_argnames=("capture", "fn"))
+        self._decode = jax.jit(
+            functools.partial(decode_loop, config),
+            static_argnames=("max_new_tokens", "cache_size", "sampling", "capture", "streaming"),
+        )
+        self._site_shape_cache: dict[tuple, dict[str, jax.ShapeDtypeStruct]] = {}
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        dtype = jax.tree.leaves(self.params)[0].dtype
+        return (
+            f"Model({self.source or cfg.family}: {cfg.num_layers} layers, {cfg.num_heads} heads, "
+            f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, {dtype})"
+        )
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def encode(self, texts: str | Sequence[str], *, chat: bool = False, padding: str = "right") -> Batch:
+        """Tokenizes text(s) into a padded `Batch`.
+
+        Args:
+          texts: one string or a list of strings.
+          chat: wrap each text as a user turn of the tokenizer's chat template, ending with
+            the assistant prompt.
+          padding: `right` (for analysis) or `left` (for generation).
+        """
+        if self.tokenizer is None:
+            raise ArgumentError(f"{self.source or 'model'}: has no tokenizer; pass token ids or a Batch instead of text")
+        if padding not in ("left", "right"):
+            raise ArgumentError(f"padding: expected 'left' or 'right', found {padding!r}")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ArgumentError("texts: expected a non-empty string or list of strings")
+        if chat:
+            texts = [
+                self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+                for t in texts
+            ]
+        ids = [self.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+        if min(len(i) for i in ids) == 0:
+            raise ArgumentError("texts: an empty string has no tokens to run")
+        width = max(len(i) for i in ids)
+        pad = self.pad_token_id
+        rows = [[pad] * (width - len(i)) + i if padding == "left" else i + [pad] * (width - len(i)) for i in ids]
+        mask = [[0] * (width - len(i)) + [1] * len(i) if padding == "left" else [1] * len(i) + [0] * (width - len(i)) for i in ids]
+        return make_batch(np.array(rows, np.int32), np.array(mask, bool))
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id used to fill padding (the tokenizer's pad token, else end-of-sequence, else 0)."""
+        for candidate in (getattr(self.tokenizer, "pad_token_id", None), self.config.pad_token_id, *self.config.eos_token_ids):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def batch(self, inputs: Inputs) -> Batch:
+        """Any accepted input form as a `Batch`."""
+        if isinstance(inputs, Batch):
+            return inputs
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+            return self.encode(inputs)
+        tokens = np.asarray(inputs)
+        if tokens.dtype.kind not in "iu" or tokens.ndim not in (1, 2) or tokens.size == 0:
+            raise ArgumentError(
+                f"inputs: expected text, a Batch, or integer token ids of shape [T] or [B, T]; "
+                f"found {tokens.dtype} array of shape {tokens.shape}"
+            )
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            raise ArgumentError(f"inputs: token ids must lie in [0, {self.config.vocab_size}); found {tokens.min()}..{tokens.max()}")
+        return make_batch(tokens)
+
+    # -- sites -------------------------------------------------------------------------
+
+    @functools.cached_property
+    def sites(self) -> tuple[str, ...]:
+        """Every site name of this model, in forward order."""
+        return tuple(self.site_shapes(make_batch(np.zeros((1, 2), np.int32))))
+
+    def site_shapes(self, inputs: Inputs) -> dict[str, jax.ShapeDtypeStruct]:
+        """Shape and dtype of every site for these inputs (computed abstractly, nothing runs)."""
+        batch = self.batch(inputs)
+        key = (batch.tokens.shape, None if batch.embeds is None else batch.embeds.shape)
+        if key not in self._site_shape_cache:
+            self._site_shape_cache[key] = dict(jax.eval_shape(
+                lambda p, b: models.forward(self.config, p, b, record_all=True)[1], self.params, batch
+            ))
+        return self._site_shape_cache[key]
+
+    def resolve_capture(self, capture: str | Sequence[str]) -> tuple[str, ...]:
+        """Site names matched by capture pattern(s); a pattern that matches nothing is an error."""
+        return resolve((capture,) if isinstance(capture, str) else capture, self.sites, argument="capture")
+
+    def _edits(self, edits: Edit | Sequence[Edit] | None) -> tuple[Edit, ...]:
+        edits = compose(edits)
+        for edit in edits:
+            resolve(edit.sites, self.sites, argument=f"edit {type(edit).__name__}")
+        return edits
+
+    # -- running -----------------------------------------------------------------------
+
+    def __call__(self, inputs: Inputs, *, edits: Edit | Sequence[Edit] | None = ()) -> Array:
+        """Float32 logits [B, T, V] of the (edited) model."""
+        return self.run(inputs, edits=edits).logits
+
+    def run(
+        self,
+        inputs: Inputs,
+        *,
+        capture: Sequence[str] = (),
+        edits: Edit | Sequence[Edit] | None = (),
+        deltas: Mapping[str, Array] | None = None,
+    ) -> Run:
+        """Runs the model, returning logits and the activations at the sites matching `capture`.
+
+        Args:
+          inputs: text(s), token ids or a `Batch`.
+          capture: site patterns (globs such as `blocks.*.attn.probs`) to record.
+          edits: one edit or a sequence, applied in order.
+          deltas: site name -> array added at that site.
+        """
+        names = self.resolve_capture(capture)
+        if deltas:
+            resolve(deltas, self.sites, argument="deltas")
+        return self._forward(self.params, self.batch(inputs), self._edits(edits), deltas, capture=names)
+
+    def grad(
+        self,
+        fn: Callable[[Run], Array],
+        inputs: Inputs,
+        *,
+        wrt: Sequence[str],
+        edits: Edit | Sequence[Edit] | None = (),
+        capture: Sequence[str] = (),
+    ) -> tuple[Array, dict[str, Array]]:
+        """Value and gradient of a scalar `fn(run)` with respect to the activations at `wrt`.
+
+        `fn` receives the `Run` of the forward (logits, and the sites named in `capture`)
+        and must return a scalar. The gradient at site s is d fn / d activation(s), taken
+        through the rest of the forward; returned as {site name: array shaped like the site}.
+        Pass the same `fn` object again to reuse the compiled program.
+        """
+        wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
+        names = resolve(wrt, self.sites, argument="wrt")
+        capture = self.resolve_capture(capture)
+        batch, edits = self.batch(inputs), self._edits(edits)
+        shapes = self.site_shapes(batch)
+        zeros = {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
+        return self._grad(self.params, batch, edits, zeros, capture=capture, fn=fn)
+
+    def generate(
+        self,
+        prompts: str | Sequence[str] | Batch,
+        max_new_tokens: int = 32,
+        *,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        stop: str | int | Sequence[str | int] = (),
+        edits: Edit | Sequence[Edit] | None = (),
+        stream: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        chat: bool = False,
+        capture: Sequence[str] = (),
+    ) -> Generation:
+        """Generates continuations with a jitted KV-cache loop, edits active at every step.
+
+        Args:
+          prompts: text(s) (left-padded into one batch) or a left-padded `Batch`.
+          max_new_tokens: tokens to generate per prompt at most.
+          temperature: 0 for greedy decoding, else the softmax temperature.
+          top_k, top_p: optional top-k and nucleus filtering when sampling.
+          seed: sampling seed (same seed, same tokens).
+          stop: extra stop token ids and/or stop strings (end-of-sequence always stops).
+          edits: applied at prefill and at every decode step.
+          stream: optional `fn(step, tokens [B], done [B])` called as each token is chosen.
+          chat: wrap each prompt in the tokenizer's chat template as a user turn.
+          capture: site patterns recorded at prefill and at every decode step.
+        """
+        return run_generation(
+            self, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            stop=stop, edits=edits, stream=stream, chat=chat, capture=capture,
+        )

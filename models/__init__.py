@@ -1,0 +1,100 @@
+"""Model families as pure functions of explicit parameters.
+
+Each family is one configuration dataclass plus one Flax module whose `__call__` takes
+`(batch, tap, cache, decoding)` and returns `(logits, cache)`. `forward` wraps any of them
+into the library-wide contract
+
+    forward(config, params, batch, *, edits=(), deltas=None, capture=(), cache=None)
+        -> (Output, captured)
+
+which is safe under `jit`, `grad` and `vmap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxinterp.errors import ConfigError
+from jaxinterp.models import llama
+from jaxinterp.models.batch import Batch, KVCache, make_batch
+from jaxinterp.models.sites import SEGMENTS, Context, Tap, segment_id
+
+Array = jax.Array
+
+FAMILIES = {llama.LlamaConfig.family: llama.LlamaConfig}
+# Hugging Face `model_type` -> function building our config from its config.json.
+HF_MODEL_TYPES = {model_type: llama.from_hf_config for model_type in llama.HF_MODEL_TYPES}
+
+
+@struct.dataclass
+class Output:
+    """What a forward returns besides captures: float32 logits [B, T, V] and the updated cache."""
+
+    logits: Array
+    cache: KVCache | None = None
+
+
+def forward(
+    config: Any,
+    params: Mapping[str, Any],
+    batch: Batch,
+    *,
+    edits: Sequence[Any] = (),
+    deltas: Mapping[str, Array] | None = None,
+    capture: Sequence[str] = (),
+    cache: KVCache | None = None,
+    decoding: bool = False,
+    record_all: bool = False,
+) -> tuple[Output, dict[str, Array]]:
+    """Runs a model of any family through its sites (see the module docstring)."""
+    tap = Tap(edits=tuple(edits), deltas=deltas, capture=tuple(capture), record_all=record_all)
+    logits, cache = config.module().apply({"params": params}, batch, tap, cache, decoding)
+    return Output(logits=logits, cache=cache), tap.captured
+
+
+def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json") -> Any:
+    """Our config for a Hugging Face config.json dictionary (any supported family)."""
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        architectures = hf.get("architectures")
+        raise ConfigError(
+            f"{source}: model_type: expected one of {sorted(HF_MODEL_TYPES)}, found {model_type!r}"
+            + (f" (architectures {architectures})" if architectures else "")
+        )
+    return HF_MODEL_TYPES[model_type](hf, source=source)
+
+
+def init_params(config: Any, key: Array, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Randomly initialised parameters of a family config (for tests and training from scratch)."""
+    batch = make_batch(jnp.zeros((1, 2), jnp.int32))
+    params = config.module().init(key, batch, Tap())["params"]
+    return jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def abstract_params(config: Any, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Shapes and dtypes of the parameters of a family config, computed without allocating them."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0), dtype))
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Any:
+    """Rebuilds a family config saved with `config_to_dict`."""
+    family = data.get("family")
+    if family not in FAMILIES:
+        raise ConfigError(f"config family: expected one of {sorted(FAMILIES)}, found {family!r}")
+    return FAMILIES[family].from_dict(data["config"])
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dictionary from which `config_from_dict` rebuilds `config`."""
+    return {"family": config.family, "config": config.to_dict()}
+
+
+__all__ = [
+    "FAMILIES", "SEGMENTS", "Batch", "Context", "KVCache", "Output", "Tap", "abstract_params",
+    "config_from_dict", "config_from_hf", "config_to_dict", "forward", "init_params", "make_batch", "segment_id",
+]

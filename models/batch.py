@@ -1,0 +1,128 @@
+"""Model inputs and the key/value cache, as pytrees of plain arrays.
+
+A `Batch` is what every forward takes: token ids plus the data that describes them
+(validity mask, absolute positions, segment ids). Positions and segments are data, not
+Python state, so edits can read them under `jit` and in the cached decode loop.
+
+A `KVCache` holds, per layer, the keys and values of every slot written so far, together
+with the positions, segments and validity of those slots. All rows of a batch write at
+the same slot index (`length`): prompts are left-padded to a common length.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxinterp.models.sites import segment_id
+
+Array = jax.Array
+
+
+@struct.dataclass
+class Batch:
+    """Token ids and their description.
+
+    Attributes:
+      tokens: [B, T] int32 token ids (pads may hold any id).
+      mask: [B, T] bool, True for real tokens.
+      positions: [B, T] int32 absolute positions (RoPE / learned positions read these).
+      segments: [B, T] int32 segment ids (see `jaxinterp.models.sites.SEGMENTS`).
+      embeds: optional [B, T, D] input embeddings that replace the token embeddings
+        (latent reasoning feeds hidden states back; LVLMs splice image features).
+    """
+
+    tokens: Array
+    mask: Array
+    positions: Array
+    segments: Array
+    embeds: Array | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.tokens.shape
+
+    def check(self) -> None:
+        """Assert the shapes and dtypes every forward relies on."""
+        chex.assert_rank(self.tokens, 2)
+        chex.assert_equal_shape([self.tokens, self.mask, self.positions, self.segments])
+        chex.assert_type([self.tokens, self.positions, self.segments], jnp.int32)
+        chex.assert_type(self.mask, bool)
+        if self.embeds is not None:
+            chex.assert_rank(self.embeds, 3)
+            chex.assert_equal_shape_prefix([self.tokens, self.embeds], 2)
+
+
+def make_batch(tokens, mask=None, *, segments=None, positions=None, embeds=None) -> Batch:
+    """A `Batch` from token ids, filling defaults.
+
+    Positions default to the count of real tokens before each token (so a left-padded row
+    starts at position 0 at its first real token, and a right-padded row counts 0, 1, ...);
+    segments default to `prompt` for real tokens and `pad` elsewhere.
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask).astype(bool).reshape(tokens.shape)
+    if positions is None:
+        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    if segments is None:
+        segments = jnp.where(mask, segment_id("prompt"), segment_id("pad"))
+    batch = Batch(
+        tokens=tokens, mask=mask, positions=jnp.asarray(positions, jnp.int32),
+        segments=jnp.asarray(segments, jnp.int32), embeds=embeds,
+    )
+    batch.check()
+    return batch
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer for `size` slots, plus what describes each slot.
+
+    Attributes:
+      keys, values: per-layer tuples of [B, S, KV, Dh] arrays.
+      mask: [B, S] bool, True where a slot holds a real token.
+      positions: [B, S] int32 absolute positions of the slots.
+      segments: [B, S] int32 segment ids of the slots.
+      length: int32 scalar, number of slots written (the next write starts here).
+    """
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+    mask: Array
+    positions: Array
+    segments: Array
+    length: Array
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[1]
+
+    @classmethod
+    def empty(cls, *, layers: int, batch: int, size: int, kv_heads: int, head_dim: int, dtype) -> KVCache:
+        """An empty cache of `size` slots."""
+        zeros = lambda: jnp.zeros((batch, size, kv_heads, head_dim), dtype)  # noqa: E731
+        return cls(
+            keys=tuple(zeros() for _ in range(layers)),
+            values=tuple(zeros() for _ in range(layers)),
+            mask=jnp.zeros((batch, size), bool),
+            positions=jnp.zeros((batch, size), jnp.int32),
+            segments=jnp.zeros((batch, size), jnp.int32),
+            length=jnp.zeros((), jnp.int32),
+        )
+
+    def describe(self, batch: Batch) -> KVCache:
+        """The cache with the slots of `batch` (about to be written at `length`) described."""
+        write = lambda old, new: jax.lax.dynamic_update_slice_in_dim(old, new, self.length, axis=1)  # noqa: E731
+        return self.replace(
+            mask=write(self.mask, batch.mask),
+            positions=write(self.positions, batch.positions),
+            segments=write(self.segments, batch.segments),
+        )
+
+    def advance(self, steps: int) -> KVCache:
+        """The cache after `steps` new slots were written."""
+        return self.replace(length=self.length + steps)

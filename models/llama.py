@@ -1,0 +1,296 @@
+"""The Llama family as one pure Flax model: Llama 2/3, SmolLM2, Mistral, Qwen2.
+
+The variants differ only in configuration: grouped-query attention (`num_kv_heads`), an
+explicit `head_dim`, rotary scaling (`rope`), q/k/v and output biases (Qwen2, Llama with
+`attention_bias`), sliding-window attention (Mistral, Qwen2's window layers), tied or
+untied embeddings, and causal or bidirectional attention (masked-diffusion LMs).
+
+Sites, per block `blocks.{i}` (shapes for a [B, T] batch, D hidden, H heads, KV key/value
+heads, Dh head_dim, F intermediate, S keys):
+
+  resid_pre [B,T,D] -> attn.q [B,T,H,Dh], attn.k / attn.v [B,T,KV,Dh] (after rotary)
+  -> attn.scores / attn.probs [B,H,T,S] f32 -> attn.head_out [B,T,H,Dh] -> attn.out [B,T,D]
+  -> resid_mid [B,T,D] -> mlp.act [B,T,F] (silu(gate) * up) -> mlp.out [B,T,D] -> resid_post [B,T,D]
+
+and, around the blocks, `embed` [B,T,D], `final_norm` [B,T,D], `logits` [B,T,V] f32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.errors import ConfigError
+from jaxinterp.models.attention import attend
+from jaxinterp.models.batch import Batch, KVCache
+from jaxinterp.models.masks import attention_mask
+from jaxinterp.models.rope import RopeConfig, apply_rotary, inverse_frequencies, rotary_tables
+from jaxinterp.models.sites import Context, Tap
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+    """Shape and behaviour of a Llama-family model.
+
+    Attributes:
+      vocab_size, hidden_size, intermediate_size: embedding rows, residual width, MLP width.
+      num_layers: number of transformer blocks.
+      num_heads, num_kv_heads: query heads and key/value heads (GQA when fewer kv heads).
+      head_dim: width of one head (may differ from hidden_size // num_heads).
+      rms_norm_eps: epsilon of every RMSNorm.
+      rope: rotary embedding settings (theta and scaling rule).
+      max_position_embeddings: the longest context the checkpoint was built for.
+      tie_word_embeddings: the output projection is the transposed token embedding.
+      qkv_bias: q/k/v projections carry biases (Qwen2; Llama's `attention_bias`).
+      o_bias: the output projection carries a bias (Llama's `attention_bias`).
+      mlp_bias: gate/up/down projections carry biases.
+      sliding_window: window of sliding-window attention, None for full attention.
+      window_layers: indices of the blocks that use the window (None: all blocks).
+      causal: causal attention; False gives bidirectional attention (masked-diffusion LMs).
+      bos_token_id, eos_token_ids, pad_token_id: special tokens from the checkpoint.
+    """
+
+    family: ClassVar[str] = "llama"
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope: RopeConfig = RopeConfig()
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    window_layers: tuple[int, ...] | None = None
+    causal: bool = True
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_kv_heads: expected a divisor of num_heads={self.num_heads}, found {self.num_kv_heads}"
+            )
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of block `layer` (None: full attention)."""
+        if self.sliding_window is None or (self.window_layers is not None and layer not in self.window_layers):
+            return None
+        return self.sliding_window
+
+    def module(self) -> nn.Module:
+        return Llama(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LlamaConfig:
+        data = dict(data)
+        data["rope"] = RopeConfig(**data["rope"])
+        for key in ("window_layers", "eos_token_ids"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------
+# Hugging Face config.json -> LlamaConfig
+
+HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def _rope_from_hf(hf: Mapping[str, Any], source: str) -> RopeConfig:
+    """Reads rope settings from either the v5 `rope_parameters` or the v4 `rope_scaling` + `rope_theta`."""
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ("default", "linear", "llama3"):
+        raise ConfigError(f"{source}: rope type: expected default, linear or llama3, found {kind!r}")
+    if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise ConfigError(f"{source}: partial_rotary_factor: expected 1.0, found {params['partial_rotary_factor']}")
+    return RopeConfig(
+        theta=float(theta),
+        kind=kind,
+        factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        original_max_position=int(
+            params.get("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
+        ),
+    )
+
+
+def _window_from_hf(hf: Mapping[str, Any], model_type: str, layers: int) -> tuple[int | None, tuple[int, ...] | None]:
+    """Sliding window and the blocks it applies to, per the family's conventions."""
+    window = hf.get("sliding_window")
+    if model_type == "llama" or window is None:
+        return None, None
+    if model_type == "mistral":
+        return int(window), None
+    # qwen2: explicit layer_types, else use_sliding_window from max_window_layers on.
+    if hf.get("layer_types"):
+        chosen = tuple(i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention")
+    elif hf.get("use_sliding_window"):
+        chosen = tuple(range(int(hf.get("max_window_layers", layers)), layers))
+    else:
+        chosen = ()
+    return (int(window), chosen) if chosen else (None, None)
+
+
+def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> LlamaConfig:
+    """Builds a `LlamaConfig` from a Hugging Face `config.json` dictionary.
+
+    Raises ConfigError naming the key, the expected and the found value for anything this
+    implementation would compute differently from the reference (activation, rope type,
+    partial rotary, an unknown model type).
+    """
+    model_type = hf.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ConfigError(f"{source}: model_type: expected one of {sorted(HF_MODEL_TYPES)}, found {model_type!r}")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{source}: hidden_act: expected 'silu', found {hf['hidden_act']!r}")
+    heads = int(hf["num_attention_heads"])
+    layers = int(hf["num_hidden_layers"])
+    window, window_layers = _window_from_hf(hf, model_type, layers)
+    eos = hf.get("eos_token_id")
+    attention_bias = bool(hf.get("attention_bias", False))
+    return LlamaConfig(
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=int(hf["hidden_size"]),
+        intermediate_size=int(hf["intermediate_size"]),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope=_rope_from_hf(hf, source),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        qkv_bias=model_type == "qwen2" or attention_bias,
+        o_bias=model_type == "llama" and attention_bias,
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        sliding_window=window,
+        window_layers=window_layers,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
+        pad_token_id=hf.get("pad_token_id"),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The model
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation computed in float32, returned in the input dtype."""
+
+    eps: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (scale.astype(jnp.float32) * normed).astype(x.dtype)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: attention then gated MLP, each added to the residual."""
+
+    config: LlamaConfig
+    layer: int
+
+    @nn.compact
+    def __call__(self, x, *, tap: Tap, ctx: Context, rotary, allowed, cache, write_at):
+        cfg, prefix = self.config, f"blocks.{self.layer}"
+        ctx = ctx.replace(layer=self.layer)
+        x = tap(f"{prefix}.resid_pre", x, ctx)
+        h = RMSNorm(cfg.rms_norm_eps, name="attn_norm")(x)
+        q = nn.DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="q_proj")(h)
+        k = nn.DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="k_proj")(h)
+        v = nn.DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="v_proj")(h)
+        q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        heads, cache = attend(
+            q, k, v, allowed=allowed, tap=tap, prefix=prefix, ctx=ctx,
+            scale=cfg.head_dim ** -0.5, cache=cache, write_at=write_at,
+        )
+        attn_out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, name="o_proj")(heads)
+        x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
+        h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
+        gate = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="gate_proj")(h)
+        up = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="up_proj")(h)
+        act = tap(f"{prefix}.mlp.act", nn.silu(gate) * up, ctx)
+        mlp_out = nn.Dense(cfg.hidden_size, use_bias=cfg.mlp_bias, name="down_proj")(act)
+        x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
+        return x, cache
+
+
+class Llama(nn.Module):
+    """Token ids (or input embeddings) -> float32 logits, every intermediate through a site."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, batch: Batch, tap: Tap, cache: KVCache | None = None, decoding: bool = False):
+        cfg = self.config
+        length = batch.tokens.shape[1]
+        embedding = self.param(
+            "embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size)
+        )
+        if cache is None:
+            keys, write_at = batch, None
+            query_slots = key_slots = jnp.arange(length)
+        else:
+            cache = cache.describe(batch)
+            keys, write_at = cache, cache.length
+            query_slots, key_slots = cache.length + jnp.arange(length), jnp.arange(cache.size)
+        ctx = Context(
+            site="", layer=None, positions=batch.positions, segments=batch.segments,
+            key_positions=keys.positions, key_segments=keys.segments, key_mask=keys.mask, decoding=decoding,
+        )
+        masks = {
+            window: attention_mask(
+                query_slots=query_slots, key_slots=key_slots, query_positions=batch.positions,
+                key_positions=keys.positions, key_mask=keys.mask, causal=cfg.causal, window=window,
+            )
+            for window in {cfg.window(i) for i in range(cfg.num_layers)}
+        }
+        rotary = rotary_tables(batch.positions, inverse_frequencies(cfg.rope, cfg.head_dim))
+
+        x = embedding[batch.tokens] if batch.embeds is None else batch.embeds.astype(embedding.dtype)
+        x = tap("embed", x, ctx)
+        new_keys, new_values = [], []
+        for i in range(cfg.num_layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            x, layer_cache = Block(cfg, i, name=f"blocks_{i}")(
+                x, tap=tap, ctx=ctx, rotary=rotary, allowed=masks[cfg.window(i)],
+                cache=layer_cache, write_at=write_at,
+            )
+            if cache is not None:
+                new_keys.append(layer_cache[0])
+                new_values.append(layer_cache[1])
+        x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), ctx)
+        if cfg.tie_word_embeddings:
+            head = embedding
+        else:
+            head = self.param("lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
+        logits = jnp.einsum("btd,vd->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        logits = tap("logits", logits, ctx)
+        if cache is not None:
+            cache = cache.replace(keys=tuple(new_keys), values=tuple(new_values)).advance(length)
+        return logits, cache

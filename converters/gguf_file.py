@@ -122,9 +122,11 @@ class GGUFFile:
         return config
 
     def tokenizer(self):
-        """The tokenizer described by the file's metadata (built by transformers)."""
+        """The tokenizer described by the file's metadata (built by transformers), None if it has none."""
         from transformers import AutoTokenizer
 
+        if "tokenizer.ggml.tokens" not in self.metadata:
+            return None
         folder, name = os.path.split(os.path.abspath(self.path))
         try:
             return AutoTokenizer.from_pretrained(folder, gguf_file=name)

@@ -15,6 +15,7 @@ import dataclasses
 import fcntl
 import hashlib
 import importlib.metadata
+import json
 import os
 from collections.abc import Callable
 
@@ -68,12 +69,27 @@ def builtin_source(name: str) -> str:
 
 
 def file_hash(path: str) -> str:
-    """sha256 of a file's contents."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of a file's contents, remembered per (path, size, mtime) so unchanged files are read once."""
+    stat = os.stat(path)
+    memo = os.path.join(cache_root(), "hashes.json")
+    key = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        with open(memo) as f:
+            known = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        known = {}
+    if key not in known:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        known[key] = digest.hexdigest()
+        os.makedirs(cache_root(), exist_ok=True)
+        staging = f"{memo}.{os.getpid()}.tmp"
+        with open(staging, "w") as f:
+            json.dump(known, f)
+        os.replace(staging, memo)
+    return known[key]
 
 
 def cached_conversion(name: str, convert: Callable[[str, str, str], None]) -> str:

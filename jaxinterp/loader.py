@@ -63,8 +63,6 @@ def convert(source: Any, destination: str | os.PathLike, *, dtype: str = "float3
 
 
 def _restore(path: str, dtype: Any) -> Model:
-    from transformers import AutoTokenizer
-
     manifest = orbax_dir.read_manifest(path)
     config = models.config_from_dict(manifest)
     saved = models.abstract_params(config, jnp.dtype(manifest["dtype"]))
@@ -72,8 +70,15 @@ def _restore(path: str, dtype: Any) -> Model:
     if jnp.dtype(manifest["dtype"]) != jnp.dtype(dtype):
         params = jax.tree.map(lambda x: x.astype(dtype), params)
     folder = orbax_dir.tokenizer_dir(path)
-    tokenizer = AutoTokenizer.from_pretrained(folder) if folder else None
-    return Model(config, params, tokenizer, source=manifest.get("source", path))
+    return Model(config, params, source=manifest.get("source", path),
+                 load_tokenizer=(lambda: _tokenizer(folder)) if folder else None)
+
+
+def _tokenizer(folder: str):
+    """A saved transformers tokenizer (deferred: importing transformers costs seconds)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = True) -> Model:

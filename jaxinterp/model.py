@@ -60,10 +60,20 @@ class Model:
     token ids [T] or [B, T], or a `Batch` (see `encode`).
     """
 
-    def __init__(self, config: Any, params: Mapping[str, Any], tokenizer: Any = None, *, source: str = ""):
+    def __init__(
+        self,
+        config: Any,
+        params: Mapping[str, Any],
+        tokenizer: Any = None,
+        *,
+        source: str = "",
+        load_tokenizer: Callable[[], Any] | None = None,
+    ):
+        """`load_tokenizer`, when given instead of `tokenizer`, loads it on first use."""
         self.config = config
         self.params = params
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
+        self._load_tokenizer = load_tokenizer
         self.source = source
         self._forward = jax.jit(functools.partial(_run_forward, config), static_argnames=("capture",))
         self._grad = jax.jit(functools.partial(_value_and_grad, config), static_argnames=("capture", "fn"))
@@ -82,6 +92,13 @@ class Model:
         )
 
     # -- inputs ------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The transformers tokenizer (loaded on first use when the loader deferred it)."""
+        if self._tokenizer is None and self._load_tokenizer is not None:
+            self._tokenizer, self._load_tokenizer = self._load_tokenizer(), None
+        return self._tokenizer
 
     def encode(self, texts: str | Sequence[str], *, chat: bool = False, padding: str = "right") -> Batch:
         """Tokenizes text(s) into a padded `Batch`.

@@ -1,0 +1,1 @@
+"""Research methods built on the public core API, one module per method."""

@@ -12,11 +12,13 @@ from jaxinterp.errors import ArgumentError, CheckpointError, ConfigError, Jaxint
 from jaxinterp.loader import convert, load
 from jaxinterp.model import Model, Run
 from jaxinterp.models import SEGMENTS, Batch, Context, make_batch
+from jaxinterp.sharding import shard
+from jaxinterp.sweep import sweep
 
 __version__ = _library_version()
 
 __all__ = [
     "AddToResidual", "ArgumentError", "Batch", "CheckpointError", "ConfigError", "Context", "Edit",
     "FunctionEdit", "JaxinterpError", "Model", "PatternFromScores", "Run", "SEGMENTS", "ScaleHead",
-    "SetHead", "SiteError", "compose", "convert", "load", "make_batch",
+    "SetHead", "SiteError", "compose", "convert", "load", "make_batch", "shard", "sweep",
 ]

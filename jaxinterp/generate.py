@@ -233,7 +233,7 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
     else:
         prompt = model.encode(prompts, chat=chat, padding="left")
     pad_id = model.pad_token_id
-    prompt = left_pad(prompt, _round_up(prompt.tokens.shape[1], PROMPT_BUCKET), pad_id)
+    prompt = model.place(left_pad(prompt, _round_up(prompt.tokens.shape[1], PROMPT_BUCKET), pad_id))
     needed = int(jnp.max(prompt.positions[:, -1])) + 1 + max_new_tokens
     if needed > config.max_position_embeddings:
         raise ArgumentError(

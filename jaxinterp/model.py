@@ -75,6 +75,7 @@ class Model:
         self._tokenizer = tokenizer
         self._load_tokenizer = load_tokenizer
         self.source = source
+        self.placement: Callable[[Any], Any] | None = None  # set by `jaxinterp.shard`
         self._forward = jax.jit(functools.partial(_run_forward, config), static_argnames=("capture",))
         self._grad = jax.jit(functools.partial(_value_and_grad, config), static_argnames=("capture", "fn"))
         self._decode = jax.jit(
@@ -139,7 +140,14 @@ class Model:
         return 0
 
     def batch(self, inputs: Inputs) -> Batch:
-        """Any accepted input form as a `Batch`."""
+        """Any accepted input form as a `Batch` (placed on the model's devices when sharded)."""
+        return self.place(self._as_batch(inputs))
+
+    def place(self, tree: Any) -> Any:
+        """Puts a batch (or any batch-major pytree) where a sharded model expects it."""
+        return tree if self.placement is None else self.placement(tree)
+
+    def _as_batch(self, inputs: Inputs) -> Batch:
         if isinstance(inputs, Batch):
             return inputs
         if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):

@@ -95,6 +95,10 @@ class LlamaConfig:
     def module(self) -> nn.Module:
         return Llama(self)
 
+    def tensor_parallel_rules(self) -> dict[str, int]:
+        """Parameter path regex -> the dimension that tensor parallelism splits (Megatron)."""
+        return TENSOR_PARALLEL
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -106,6 +110,18 @@ class LlamaConfig:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+# Column-parallel q/k/v and gate/up (split by head / MLP unit), row-parallel o/down, so each
+# block needs one all-reduce after attention and one after the MLP.
+TENSOR_PARALLEL = {
+    r"blocks_\d+/(q|k|v)_proj/kernel": 1,  # [D, heads, Dh]
+    r"blocks_\d+/(q|k|v)_proj/bias": 0,  # [heads, Dh]
+    r"blocks_\d+/o_proj/kernel": 0,  # [H, Dh, D]
+    r"blocks_\d+/(gate|up)_proj/kernel": 1,  # [D, F]
+    r"blocks_\d+/(gate|up)_proj/bias": 0,  # [F]
+    r"blocks_\d+/down_proj/kernel": 0,  # [F, D]
+}
 
 
 # ---------------------------------------------------------------------------------------

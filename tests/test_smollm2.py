@@ -28,3 +28,21 @@ def test_greedy_continuation_matches_reference(smollm2, smollm2_reference):
         theirs = smollm2_reference.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:].tolist()
     assert len(ours) == 24
     assert ours == theirs
+
+
+def test_bfloat16_halves_memory_and_keeps_softmax_and_logits_float32(smollm2):
+    import jax
+    import jax.numpy as jnp
+
+    import jaxinterp
+
+    half = jaxinterp.load("smollm2", dtype="bfloat16", progress=False)
+    size = lambda m: sum(x.nbytes for x in jax.tree.leaves(m.params))  # noqa: E731
+    assert size(half) * 2 == size(smollm2)
+    assert {x.dtype for x in jax.tree.leaves(half.params)} == {jnp.dtype(jnp.bfloat16)}
+    run = half.run(PROMPTS[0], capture=["blocks.3.attn.probs", "blocks.3.resid_post"])
+    assert run.logits.dtype == jnp.float32 and run["blocks.3.attn.probs"].dtype == jnp.float32
+    assert run["blocks.3.resid_post"].dtype == jnp.bfloat16
+    full = np.asarray(smollm2(PROMPTS[0]))
+    assert np.argmax(np.asarray(run.logits)[0, -1]) == np.argmax(full[0, -1])
+    assert np.abs(np.asarray(run.logits) - full).max() < 1.5

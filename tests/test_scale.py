@@ -107,3 +107,13 @@ def test_sweep_budget_sets_chunks_and_bad_variations_fail(tiny):
         ji.sweep(fn, batch, {"a": jnp.zeros(3), "b": jnp.zeros(4)})
     with pytest.raises(ji.ArgumentError, match="memory_budget"):
         ji.sweep(fn, batch, jnp.zeros(3), memory_budget="12 parsecs")
+
+
+@pytest.mark.slow
+def test_tpu_slice_example_runs_locally():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run([sys.executable, "-m", "experiments.tpu_slice", "--local", "--strategy", "fsdp"],
+                            capture_output=True, text=True, env=env, timeout=900,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "4 devices" in result.stdout and "Paris" in result.stdout

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxinterp.errors import ConfigError
-from jaxinterp.models import llama
+from jaxinterp.models import llama, moa
 from jaxinterp.models.batch import Batch, KVCache, make_batch
 from jaxinterp.models.sites import SEGMENTS, Context, Tap, segment_id
 
 Array = jax.Array
 
-FAMILIES = {llama.LlamaConfig.family: llama.LlamaConfig}
+FAMILIES = {llama.LlamaConfig.family: llama.LlamaConfig, moa.MoAConfig.family: moa.MoAConfig}
 # Hugging Face `model_type` -> function building our config from its config.json.
 HF_MODEL_TYPES = {model_type: llama.from_hf_config for model_type in llama.HF_MODEL_TYPES}
 

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from jaxinterp import models
 from jaxinterp.errors import ArgumentError
@@ -50,6 +51,24 @@ class Generation:
     prompt: Batch
     captured_prefill: dict[str, Array]
     captured_steps: dict[str, Array]
+
+
+@struct.dataclass
+class Labeler:
+    """Labels every generated token inside the jitted loop: its segment id and step index.
+
+    Subclass as a `flax.struct` dataclass (numbers as leaves, structure static). `init`
+    builds a state from the prompt; `label` gets the state and the token ids [B] just
+    chosen and returns (state, segment ids [B], step indices [B]) of those tokens, which
+    then travel in the batch, the cache and every edit's context. The default labels every
+    token `generated`, step 0.
+    """
+
+    def init(self, prompt: Batch) -> Any:
+        return ()
+
+    def label(self, state: Any, tokens: Array) -> tuple[Any, Array, Array]:
+        return state, jnp.full(tokens.shape, segment_id("generated"), jnp.int32), jnp.zeros(tokens.shape, jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +114,7 @@ def decode_loop(
     params: Any,
     prompt: Batch,
     edits: tuple,
+    labeler: Labeler,
     key: Array,
     temperature: Array,
     top_p: Array,
@@ -115,27 +135,26 @@ def decode_loop(
         kv_heads=config.num_kv_heads, head_dim=config.head_dim, dtype=params_dtype,
     )
     out, prefill_captured = models.forward(config, params, prompt, edits=edits, cache=cache, capture=capture)
-    generated = segment_id("generated")
 
-    def step_forward(cache, tokens, positions, real):
+    def step_forward(cache, tokens, positions, real, segments, steps):
         step_batch = Batch(
             tokens=tokens[:, None], mask=real[:, None], positions=positions[:, None],
-            segments=jnp.full((batch_size, 1), generated, jnp.int32),
+            segments=segments[:, None], steps=steps[:, None],
         )
         return models.forward(config, params, step_batch, edits=edits, cache=cache, capture=capture, decoding=True)
 
+    zeros = jnp.zeros(batch_size, jnp.int32)
     step_shapes = jax.eval_shape(
-        lambda c: step_forward(c, jnp.zeros(batch_size, jnp.int32), prompt.positions[:, -1], prompt.mask[:, -1])[1],
-        out.cache,
+        lambda c: step_forward(c, zeros, prompt.positions[:, -1], prompt.mask[:, -1], zeros, zeros)[1], out.cache
     )
     buffers = {name: jnp.zeros((max_new_tokens, *s.shape), s.dtype) for name, s in step_shapes.items()}
 
     def cond(state):
-        step, _, _, _, _, done, _ = state
+        step, _, _, _, _, done, _, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(state):
-        step, cache, logits, positions, tokens, done, buffers = state
+        step, cache, logits, positions, tokens, done, buffers, labels = state
         token = _choose(logits, jax.random.fold_in(key, step), sampling, temperature, top_p)
         token = jnp.where(done, pad_id, token)
         tokens = tokens.at[:, step].set(token)
@@ -143,15 +162,17 @@ def decode_loop(
             jax.debug.callback(_emit, step, token, done, ordered=True)
         real = ~done
         done = done | jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
-        out, captured = step_forward(cache, token, positions, real)
+        labels, segments, steps = labeler.label(labels, token)
+        out, captured = step_forward(cache, token, positions, real, segments, steps)
         buffers = {name: buffers[name].at[step].set(captured[name]) for name in buffers}
-        return step + 1, out.cache, out.logits[:, -1], positions + 1, tokens, done, buffers
+        return step + 1, out.cache, out.logits[:, -1], positions + 1, tokens, done, buffers, labels
 
     state = (
         jnp.zeros((), jnp.int32), out.cache, out.logits[:, -1], prompt.positions[:, -1] + 1,
         jnp.full((batch_size, max_new_tokens), pad_id, jnp.int32), jnp.zeros(batch_size, bool), buffers,
+        labeler.init(prompt),
     )
-    steps, _, _, _, tokens, _, buffers = jax.lax.while_loop(cond, body, state)
+    steps, _, _, _, tokens, _, buffers, _ = jax.lax.while_loop(cond, body, state)
     return tokens, steps, prefill_captured, buffers
 
 
@@ -178,7 +199,7 @@ def left_pad(prompt: Batch, length: int, pad_id: int) -> Batch:
     pad = lambda x, value: jnp.pad(x, ((0, 0), (extra, 0)), constant_values=value)  # noqa: E731
     return Batch(
         tokens=pad(prompt.tokens, pad_id), mask=pad(prompt.mask, False), positions=pad(prompt.positions, 0),
-        segments=pad(prompt.segments, segment_id("pad")),
+        segments=pad(prompt.segments, segment_id("pad")), steps=pad(prompt.steps, 0),
         embeds=None if prompt.embeds is None else jnp.pad(prompt.embeds, ((0, 0), (extra, 0), (0, 0))),
     )
 
@@ -222,7 +243,7 @@ def finish(tokenizer: Any, tokens: np.ndarray, steps: int, stop_ids: list[int], 
 
 
 def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p, seed, stop, edits, stream,
-                   chat, capture) -> Generation:
+                   chat, capture, labeler) -> Generation:
     """Implementation of `Model.generate` (see there)."""
     check_arguments(max_new_tokens, temperature, top_k, top_p)
     config = model.config
@@ -247,7 +268,7 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
     _STREAM["fn"] = stream
     try:
         tokens, steps, prefill, per_step = model._decode(
-            model.params, prompt, model._edits(edits), jax.random.key(seed),
+            model.params, prompt, model._edits(edits), labeler or Labeler(), jax.random.key(seed),
             jnp.float32(max(temperature, 1e-6)), jnp.float32(1.0 if top_p is None else top_p),
             jnp.asarray(stop_ids or [-1], jnp.int32), jnp.int32(pad_id),
             max_new_tokens=max_new_tokens, cache_size=cache_size, sampling=sampling,

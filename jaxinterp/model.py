@@ -21,7 +21,7 @@ from flax import struct
 from jaxinterp import models
 from jaxinterp.edits import Edit, compose
 from jaxinterp.errors import ArgumentError
-from jaxinterp.generate import Generation, decode_loop, run_generation
+from jaxinterp.generate import Generation, Labeler, decode_loop, run_generation
 from jaxinterp.models import Batch, make_batch
 from jaxinterp.models.sites import resolve
 
@@ -254,6 +254,7 @@ class Model:
         stream: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
         chat: bool = False,
         capture: Sequence[str] = (),
+        labeler: Labeler | None = None,
     ) -> Generation:
         """Generates continuations with a jitted KV-cache loop, edits active at every step.
 
@@ -268,8 +269,10 @@ class Model:
           stream: optional `fn(step, tokens [B], done [B])` called as each token is chosen.
           chat: wrap each prompt in the tokenizer's chat template as a user turn.
           capture: site patterns recorded at prefill and at every decode step.
+          labeler: labels each generated token's segment and step inside the loop (default:
+            segment `generated`, step 0); see `jaxinterp.generate.Labeler`.
         """
         return run_generation(
             self, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-            stop=stop, edits=edits, stream=stream, chat=chat, capture=capture,
+            stop=stop, edits=edits, stream=stream, chat=chat, capture=capture, labeler=labeler,
         )

@@ -67,4 +67,4 @@ def attend(
     grouped_probs = probs.reshape(batch, kv_heads, groups, length, keys).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", grouped_probs, v, preferred_element_type=jnp.float32)
     out = out.reshape(batch, length, heads, head_dim).astype(v.dtype)
-    return tap(f"{prefix}.attn.head_out", out, ctx), cache
+    return tap(f"{prefix}.attn.head_out", out, ctx.replace(values=v)), cache

@@ -30,6 +30,8 @@ class Batch:
       mask: [B, T] bool, True for real tokens.
       positions: [B, T] int32 absolute positions (RoPE / learned positions read these).
       segments: [B, T] int32 segment ids (see `jaxinterp.models.sites.SEGMENTS`).
+      steps: [B, T] int32 index of the reasoning step (or any other unit) each token belongs to;
+        0 where nobody marked steps.
       embeds: optional [B, T, D] input embeddings that replace the token embeddings
         (latent reasoning feeds hidden states back; LVLMs splice image features).
     """
@@ -38,6 +40,7 @@ class Batch:
     mask: Array
     positions: Array
     segments: Array
+    steps: Array
     embeds: Array | None = None
 
     @property
@@ -47,20 +50,20 @@ class Batch:
     def check(self) -> None:
         """Assert the shapes and dtypes every forward relies on."""
         chex.assert_rank(self.tokens, 2)
-        chex.assert_equal_shape([self.tokens, self.mask, self.positions, self.segments])
-        chex.assert_type([self.tokens, self.positions, self.segments], jnp.int32)
+        chex.assert_equal_shape([self.tokens, self.mask, self.positions, self.segments, self.steps])
+        chex.assert_type([self.tokens, self.positions, self.segments, self.steps], jnp.int32)
         chex.assert_type(self.mask, bool)
         if self.embeds is not None:
             chex.assert_rank(self.embeds, 3)
             chex.assert_equal_shape_prefix([self.tokens, self.embeds], 2)
 
 
-def make_batch(tokens, mask=None, *, segments=None, positions=None, embeds=None) -> Batch:
+def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, embeds=None) -> Batch:
     """A `Batch` from token ids, filling defaults.
 
     Positions default to the count of real tokens before each token (so a left-padded row
     starts at position 0 at its first real token, and a right-padded row counts 0, 1, ...);
-    segments default to `prompt` for real tokens and `pad` elsewhere.
+    segments default to `prompt` for real tokens and `pad` elsewhere; steps to 0.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
     if tokens.ndim == 1:
@@ -72,7 +75,8 @@ def make_batch(tokens, mask=None, *, segments=None, positions=None, embeds=None)
         segments = jnp.where(mask, segment_id("prompt"), segment_id("pad"))
     batch = Batch(
         tokens=tokens, mask=mask, positions=jnp.asarray(positions, jnp.int32),
-        segments=jnp.asarray(segments, jnp.int32), embeds=embeds,
+        segments=jnp.asarray(segments, jnp.int32),
+        steps=jnp.zeros(tokens.shape, jnp.int32) if steps is None else jnp.asarray(steps, jnp.int32), embeds=embeds,
     )
     batch.check()
     return batch
@@ -87,6 +91,7 @@ class KVCache:
       mask: [B, S] bool, True where a slot holds a real token.
       positions: [B, S] int32 absolute positions of the slots.
       segments: [B, S] int32 segment ids of the slots.
+      steps: [B, S] int32 step indices of the slots.
       length: int32 scalar, number of slots written (the next write starts here).
     """
 
@@ -95,6 +100,7 @@ class KVCache:
     mask: Array
     positions: Array
     segments: Array
+    steps: Array
     length: Array
 
     @property
@@ -111,6 +117,7 @@ class KVCache:
             mask=jnp.zeros((batch, size), bool),
             positions=jnp.zeros((batch, size), jnp.int32),
             segments=jnp.zeros((batch, size), jnp.int32),
+            steps=jnp.zeros((batch, size), jnp.int32),
             length=jnp.zeros((), jnp.int32),
         )
 
@@ -121,6 +128,7 @@ class KVCache:
             mask=write(self.mask, batch.mask),
             positions=write(self.positions, batch.positions),
             segments=write(self.segments, batch.segments),
+            steps=write(self.steps, batch.steps),
         )
 
     def advance(self, steps: int) -> KVCache:

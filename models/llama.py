@@ -275,10 +275,7 @@ class Llama(nn.Module):
             cache = cache.describe(batch)
             keys, write_at = cache, cache.length
             query_slots, key_slots = cache.length + jnp.arange(length), jnp.arange(cache.size)
-        ctx = Context(
-            site="", layer=None, positions=batch.positions, segments=batch.segments,
-            key_positions=keys.positions, key_segments=keys.segments, key_mask=keys.mask, decoding=decoding,
-        )
+        ctx = Context.of(batch, keys, decoding=decoding)
         masks = {
             window: attention_mask(
                 query_slots=query_slots, key_slots=key_slots, query_positions=batch.positions,

@@ -79,23 +79,39 @@ class Context:
       layer: block index of the site (None outside blocks).
       positions: [B, T] absolute position of each query token.
       segments: [B, T] segment id of each query token (see `SEGMENTS`).
+      steps: [B, T] step index of each query token.
       key_positions: [B, S] absolute position of each key (S = T without a cache).
       key_segments: [B, S] segment id of each key.
+      key_steps: [B, S] step index of each key.
       key_mask: [B, S] True where a key holds a real token.
       decoding: True inside a cached decode step, False at prefill or in a full forward.
       scores: [B, H, T, S] pre-softmax scores, given only at `attn.probs` so that an edit
         can recompute the pattern from them.
+      values: [B, S, KV, Dh] the values of every key, given only at `attn.head_out` (with a
+        cache: every cached slot), so that an edit can mix in values of earlier tokens.
     """
 
     site: str
     layer: int | None
     positions: Array
     segments: Array
+    steps: Array
     key_positions: Array
     key_segments: Array
+    key_steps: Array
     key_mask: Array
     decoding: bool = False
     scores: Array | None = None
+    values: Array | None = None
+
+    @classmethod
+    def of(cls, queries: Any, keys: Any, *, decoding: bool = False) -> Context:
+        """Context of a forward whose queries are `queries` (a Batch) and keys `keys` (the Batch or a cache)."""
+        return cls(
+            site="", layer=None, positions=queries.positions, segments=queries.segments, steps=queries.steps,
+            key_positions=keys.positions, key_segments=keys.segments, key_steps=keys.steps, key_mask=keys.mask,
+            decoding=decoding,
+        )
 
     def replace(self, **changes: Any) -> Context:
         """The same context with `changes` applied (e.g. another `site`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -105,3 +106,39 @@ def test_stop_strings_and_streaming(smollm2):
 def test_bad_arguments_are_clear(smollm2, kwargs, message):
     with pytest.raises(ji.ArgumentError, match=message):
         smollm2.generate("Hello", **kwargs)
+
+
+def test_labeler_steps_reach_edits_at_every_step(smollm2):
+    """An edit whose effect depends on the labeler's step index gives the same tokens as a
+    recompute that passes those step indices explicitly, and differs from running unlabelled."""
+    from flax import struct
+
+    comma = smollm2.tokenizer(",", add_special_tokens=False)["input_ids"][0]
+
+    @struct.dataclass
+    class CommaSteps(ji.Labeler):
+        """A new step after every comma."""
+
+        def init(self, prompt):
+            return jnp.zeros(prompt.tokens.shape[0], jnp.int32)
+
+        def label(self, state, tokens):
+            segment = jnp.full(tokens.shape, ji.models.segment_id("thinking"), jnp.int32)
+            return state + (tokens == comma), segment, state
+
+    vector = jax.random.normal(jax.random.key(3), (smollm2.config.hidden_size,)) * 2.0
+    edit = ji.FunctionEdit(patterns=("blocks.2.resid_post",),
+                           fn=lambda x, ctx, v: x + ctx.steps[..., None].astype(x.dtype) * v, args=vector)
+    prompt = "Fruits: apples, pears, plums"
+    out = smollm2.generate(prompt, 10, edits=edit, labeler=CommaSteps())
+    unlabelled = smollm2.generate(prompt, 10, edits=edit)
+    ids = smollm2.tokenizer(prompt)["input_ids"]
+    tokens, steps, state = list(ids), [0] * len(ids), 0
+    for _ in range(len(out.tokens[0])):
+        logits = smollm2(ji.make_batch(np.array([tokens], np.int32), steps=np.array([steps])), edits=edit)
+        token = int(np.argmax(np.asarray(logits)[0, -1]))
+        tokens.append(token)
+        steps.append(state)
+        state += token == comma
+    assert out.tokens[0] == tokens[len(ids):]
+    assert comma in out.tokens[0][:-1] and out.tokens != unlabelled.tokens

@@ -1,0 +1,188 @@
+"""SOM long-text planning: a self-organising map over sentence embeddings, the directed
+transition graph it induces, and a path-alignment planner.
+
+RECONSTRUCTION. The 2021 paper this follows (document paths of sentence embeddings, a revised
+SOM, a directed semantic graph, subgraph alignment, a pre-trained decoder) was not located;
+only its abstract is known (see ../shared/methods/som_longtext.md). Every step below is the
+standard form of what the abstract names, and each unknown is a parameter:
+
+1. Each training document is a path of sentence embeddings e_1 -> ... -> e_n.
+2. A Kohonen SOM (units u_j with weights w_j on a rows x cols grid) clusters all sentences:
+   for each sentence x, b = argmin_j d(x, w_j) and
+   w_j <- w_j + eta(t) h_jb(t) (x - w_j), h_jb = exp(-||r_j - r_b||^2 / (2 sigma(t)^2))      (SOM)
+   with eta and sigma decaying linearly; `distance` picks Euclidean or cosine matching (the
+   paper's "revision" of the SOM is unknown).
+3. The graph has the SOM units as vertices and a directed edge a -> b counting every pair of
+   consecutive sentences mapped to (a, b); P(b | a) normalises the counts of each row.
+4. Path alignment: the input's sentences are mapped to units (its own path); the plan
+   continues from the last matched unit along the maximum-probability path of the requested
+   length, argmax prod P(u_{t+1} | u_t), found exactly by dynamic programming (Viterbi).
+5. Decoding with a pre-trained LM conditioned on the plan (e.g. each unit's prototype
+   sentence, `prototypes`) is left to the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.errors import ArgumentError
+
+Array = jax.Array
+DISTANCES = ("euclidean", "cosine")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SOMConfig:
+    """Settings of the map (all inferred; the paper's values are unknown).
+
+    Attributes:
+      rows, cols: grid of units (the spec suggests 10x10 to 30x30 for real corpora).
+      epochs: passes over the sentences, each in a fresh random order.
+      eta_start, eta_end: learning rate, decayed linearly over all updates.
+      sigma_start, sigma_end: neighbourhood radius in grid units, decayed linearly
+        (sigma_start None: half the larger grid side).
+      distance: "euclidean" or "cosine" best-matching-unit search.
+    """
+
+    rows: int = 10
+    cols: int = 10
+    epochs: int = 10
+    eta_start: float = 0.5
+    eta_end: float = 0.01
+    sigma_start: float | None = None
+    sigma_end: float = 0.5
+    distance: str = "euclidean"
+
+    def __post_init__(self):
+        if self.rows < 1 or self.cols < 1 or self.epochs < 1:
+            raise ArgumentError(f"rows, cols, epochs: expected positive ints, found {self.rows}, {self.cols}, {self.epochs}")
+        if self.distance not in DISTANCES:
+            raise ArgumentError(f"distance: expected one of {DISTANCES}, found {self.distance!r}")
+
+
+@chex.dataclass(frozen=True)
+class SOM:
+    """A trained map: unit weights [U, D] and unit grid coordinates [U, 2]."""
+
+    weights: Array
+    grid: Array
+
+
+def _grid(rows: int, cols: int) -> Array:
+    return jnp.stack(jnp.meshgrid(jnp.arange(rows), jnp.arange(cols), indexing="ij"), -1).reshape(-1, 2).astype(jnp.float32)
+
+
+def _distances(x: Array, weights: Array, distance: str) -> Array:
+    """[..., U] distance of each x [..., D] to every unit."""
+    if distance == "cosine":
+        unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+        return 1.0 - unit(x) @ unit(weights).T
+    return jnp.sum(x**2, -1, keepdims=True) - 2 * x @ weights.T + jnp.sum(weights**2, -1)
+
+
+def som_update(weights: Array, grid: Array, x: Array, eta: Array, sigma: Array, distance: str = "euclidean") -> Array:
+    """One Kohonen update for sample x [D] (eq. SOM above)."""
+    best = jnp.argmin(_distances(x, weights, distance))
+    h = jnp.exp(-jnp.sum((grid - grid[best]) ** 2, -1) / (2 * sigma**2))
+    return weights + eta * h[:, None] * (x - weights)
+
+
+def train_som(embeddings: Array, config: SOMConfig, key: Array) -> SOM:
+    """Fits a SOM to sentence embeddings [N, D]; weights start at random distinct sentences."""
+    x = jnp.asarray(embeddings, jnp.float32)
+    if x.ndim != 2 or 0 in x.shape:
+        raise ArgumentError(f"embeddings: expected a non-empty [N, D] array, found shape {x.shape}")
+    units = config.rows * config.cols
+    init_key, order_key = jax.random.split(key)
+    start = x[jax.random.choice(init_key, x.shape[0], (units,), replace=units > x.shape[0])]
+    order = jnp.concatenate([jax.random.permutation(k, x.shape[0]) for k in jax.random.split(order_key, config.epochs)])
+    fraction = jnp.arange(order.shape[0]) / max(order.shape[0] - 1, 1)
+    sigma_start = config.sigma_start or max(config.rows, config.cols) / 2
+    etas = config.eta_start + (config.eta_end - config.eta_start) * fraction
+    sigmas = sigma_start + (config.sigma_end - sigma_start) * fraction
+    grid = _grid(config.rows, config.cols)
+
+    def step(weights, inputs):
+        i, eta, sigma = inputs
+        return som_update(weights, grid, x[i], eta, sigma, config.distance), None
+
+    weights, _ = jax.lax.scan(step, start, (order, etas, sigmas))
+    return SOM(weights=weights, grid=grid)
+
+
+def assign(som: SOM, embeddings: Array, distance: str = "euclidean") -> Array:
+    """Best-matching unit [N] of each embedding [N, D]."""
+    return jnp.argmin(_distances(jnp.asarray(embeddings, jnp.float32), som.weights, distance), -1)
+
+
+def transition_graph(paths: Sequence[Array], num_units: int) -> Array:
+    """Directed graph [U, U]: counts[a, b] = consecutive sentence pairs mapped to units (a, b).
+
+    `paths` holds one array of unit ids per document, in sentence order.
+    """
+    if not paths:
+        raise ArgumentError("paths: expected at least one document path, found none")
+    pairs = [np.stack([np.asarray(p)[:-1], np.asarray(p)[1:]], 1) for p in paths if len(p) > 1]
+    if not pairs:
+        raise ArgumentError("paths: expected a document with at least two sentences, found none")
+    pairs = jnp.asarray(np.concatenate(pairs))
+    return jnp.zeros((num_units, num_units), jnp.float32).at[pairs[:, 0], pairs[:, 1]].add(1.0)
+
+
+def transition_probabilities(counts: Array, *, self_loops: bool = False, smoothing: float = 0.0) -> Array:
+    """P(b | a) from edge counts: rows normalised after adding `smoothing` to every edge;
+    `self_loops=False` drops a -> a edges (consecutive sentences of one cluster), so the plan
+    moves on. A unit with no outgoing edge gets an all-zero row."""
+    counts = counts + smoothing
+    if not self_loops:
+        counts = counts * (1 - jnp.eye(counts.shape[0], dtype=counts.dtype))
+    totals = counts.sum(1, keepdims=True)
+    return jnp.where(totals > 0, counts / jnp.where(totals > 0, totals, 1.0), 0.0)
+
+
+def best_path(probabilities: Array, start: int | Array, length: int) -> tuple[Array, Array]:
+    """The maximum-probability path of `length` units starting at `start` (Viterbi).
+
+    Returns (units [length], log-probability of the path); -inf when no path is that long.
+    """
+    if length < 1:
+        raise ArgumentError(f"length: expected at least 1, found {length}")
+    log_p = jnp.log(probabilities)
+    units = probabilities.shape[0]
+    score = jnp.where(jnp.arange(units) == start, 0.0, -jnp.inf)
+
+    def forward(score, _):
+        candidates = score[:, None] + log_p  # [from, to]
+        return jnp.max(candidates, 0), jnp.argmax(candidates, 0)
+
+    score, back = jax.lax.scan(forward, score, None, length=length - 1)
+    last = jnp.argmax(score)
+
+    def backward(unit, pointers):
+        previous = pointers[unit]
+        return previous, previous
+
+    _, earlier = jax.lax.scan(backward, last, back, reverse=True)
+    return jnp.concatenate([earlier, last[None]]), score[last]
+
+
+def plan(som: SOM, probabilities: Array, prompt: Array, length: int, distance: str = "euclidean") -> Array:
+    """Path alignment: the prompt's sentence embeddings [P, D] are mapped to units, then the
+    plan continues from the last one along `best_path`. Returns [length] units (the
+    prompt's own units first)."""
+    prompt_units = assign(som, prompt, distance)
+    if length <= prompt_units.shape[0]:
+        return prompt_units[:length]
+    continuation, _ = best_path(probabilities, prompt_units[-1], length - prompt_units.shape[0] + 1)
+    return jnp.concatenate([prompt_units, continuation[1:]])
+
+
+def prototypes(som: SOM, embeddings: Array, distance: str = "euclidean") -> Array:
+    """Index [U] of the sentence nearest to each unit: the material a decoder is given per planned unit."""
+    return jnp.argmin(_distances(som.weights, jnp.asarray(embeddings, jnp.float32), distance), -1)

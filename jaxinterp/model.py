@@ -31,9 +31,11 @@ Inputs = str | Sequence[str] | Batch | np.ndarray | Array
 
 @struct.dataclass
 class Run:
-    """Result of `Model.run`: float32 logits [B, T, V], the captured sites, and the batch run."""
+    """Result of `Model.run`: float32 logits [B, T, V], the last hidden states [B, T, D]
+    (after the final norm), the captured sites, and the batch that ran."""
 
-    logits: Array
+    logits: Array | None
+    hidden: Array
     captured: dict[str, Array]
     batch: Batch
 
@@ -43,7 +45,7 @@ class Run:
 
 def _run_forward(config, params, batch, edits, deltas, capture):
     output, captured = models.forward(config, params, batch, edits=edits, deltas=deltas, capture=capture)
-    return Run(logits=output.logits, captured=captured, batch=batch)
+    return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch)
 
 
 def _value_and_grad(config, params, batch, edits, deltas, capture, fn):

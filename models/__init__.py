@@ -1,7 +1,7 @@
 """Model families as pure functions of explicit parameters.
 
 Each family is one configuration dataclass plus one Flax module whose `__call__` takes
-`(batch, tap, cache, decoding)` and returns `(logits, cache)`. `forward` wraps any of them
+`(batch, tap, cache, decoding)` and returns an `Output` (logits, last hidden states, cache). `forward` wraps any of them
 into the library-wide contract
 
     forward(config, params, batch, *, edits=(), deltas=None, capture=(), cache=None)
@@ -17,11 +17,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from jaxinterp.errors import ConfigError
 from jaxinterp.models import llama, moa
-from jaxinterp.models.batch import Batch, KVCache, make_batch
+from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
 from jaxinterp.models.sites import SEGMENTS, Context, Tap, segment_id
 
 Array = jax.Array
@@ -29,14 +28,6 @@ Array = jax.Array
 FAMILIES = {llama.LlamaConfig.family: llama.LlamaConfig, moa.MoAConfig.family: moa.MoAConfig}
 # Hugging Face `model_type` -> function building our config from its config.json.
 HF_MODEL_TYPES = {model_type: llama.from_hf_config for model_type in llama.HF_MODEL_TYPES}
-
-
-@struct.dataclass
-class Output:
-    """What a forward returns besides captures: float32 logits [B, T, V] and the updated cache."""
-
-    logits: Array
-    cache: KVCache | None = None
 
 
 def forward(
@@ -53,8 +44,8 @@ def forward(
 ) -> tuple[Output, dict[str, Array]]:
     """Runs a model of any family through its sites (see the module docstring)."""
     tap = Tap(edits=tuple(edits), deltas=deltas, capture=tuple(capture), record_all=record_all)
-    logits, cache = config.module().apply({"params": params}, batch, tap, cache, decoding)
-    return Output(logits=logits, cache=cache), tap.captured
+    output = config.module().apply({"params": params}, batch, tap, cache, decoding)
+    return output, tap.captured
 
 
 def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json") -> Any:

@@ -83,6 +83,21 @@ def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, 
 
 
 @struct.dataclass
+class Output:
+    """What a family's module returns.
+
+    Attributes:
+      logits: [B, T, V] float32 (None for encoder-only models such as vision towers).
+      hidden: [B, T, D] the last hidden states after the final normalisation.
+      cache: the updated cache (None without one).
+    """
+
+    logits: Array | None
+    hidden: Array
+    cache: "KVCache | None" = None
+
+
+@struct.dataclass
 class KVCache:
     """Keys and values of every layer for `size` slots, plus what describes each slot.
 

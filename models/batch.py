@@ -33,7 +33,10 @@ class Batch:
       steps: [B, T] int32 index of the reasoning step (or any other unit) each token belongs to;
         0 where nobody marked steps.
       embeds: optional [B, T, D] input embeddings that replace the token embeddings
-        (latent reasoning feeds hidden states back; LVLMs splice image features).
+        (latent reasoning feeds hidden states back).
+      pixels: optional float32 pixel values: [B, C, H, W] for a vision tower, [B, N, C, H, W]
+        (N images per row) for a vision-language model, whose tokens then hold one image
+        placeholder token per image patch.
     """
 
     tokens: Array
@@ -42,6 +45,7 @@ class Batch:
     segments: Array
     steps: Array
     embeds: Array | None = None
+    pixels: Array | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -58,7 +62,7 @@ class Batch:
             chex.assert_equal_shape_prefix([self.tokens, self.embeds], 2)
 
 
-def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, embeds=None) -> Batch:
+def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, embeds=None, pixels=None) -> Batch:
     """A `Batch` from token ids, filling defaults.
 
     Positions default to the count of real tokens before each token (so a left-padded row
@@ -77,6 +81,7 @@ def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, 
         tokens=tokens, mask=mask, positions=jnp.asarray(positions, jnp.int32),
         segments=jnp.asarray(segments, jnp.int32),
         steps=jnp.zeros(tokens.shape, jnp.int32) if steps is None else jnp.asarray(steps, jnp.int32), embeds=embeds,
+        pixels=None if pixels is None else jnp.asarray(pixels, jnp.float32),
     )
     batch.check()
     return batch

@@ -7,22 +7,25 @@ Hugging Face tensor name and its layout. GGUF files reach this table through
 
 from __future__ import annotations
 
+import re
+
 from jaxinterp.converters.layouts import LINEAR, LINEAR_SPLIT_IN, LINEAR_SPLIT_OUT, SAME, SPLIT, Layout
 
-# Tensors a checkpoint may carry that the model does not use.
-IGNORED = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
 
+def name_map(config, prefix: str = "model.", head: str = "lm_head.weight") -> dict[str, tuple[str, Layout]]:
+    """Parameter path -> (Hugging Face tensor name, layout) for a `LlamaConfig`.
 
-def name_map(config) -> dict[str, tuple[str, Layout]]:
-    """Parameter path -> (Hugging Face tensor name, layout) for a `LlamaConfig`."""
+    `prefix` is where the decoder's tensors live (`model.` in a causal LM, e.g.
+    `model.language_model.` inside LLaVA) and `head` the output projection's name.
+    """
     table = {
-        "embed": ("model.embed_tokens.weight", SAME),
-        "final_norm/scale": ("model.norm.weight", SAME),
+        "embed": (f"{prefix}embed_tokens.weight", SAME),
+        "final_norm/scale": (f"{prefix}norm.weight", SAME),
     }
     if not config.tie_word_embeddings:
-        table["lm_head"] = ("lm_head.weight", SAME)
+        table["lm_head"] = (head, SAME)
     for i in range(config.num_layers):
-        ours, theirs = f"blocks_{i}", f"model.layers.{i}"
+        ours, theirs = f"blocks_{i}", f"{prefix}layers.{i}"
         table[f"{ours}/attn_norm/scale"] = (f"{theirs}.input_layernorm.weight", SAME)
         table[f"{ours}/mlp_norm/scale"] = (f"{theirs}.post_attention_layernorm.weight", SAME)
         for proj in ("q_proj", "k_proj", "v_proj"):
@@ -39,6 +42,8 @@ def name_map(config) -> dict[str, tuple[str, Layout]]:
     return table
 
 
-def ignored(config) -> tuple[str, ...]:
-    """Regexes of checkpoint tensors to skip (a tied model's saved copy of the embedding)."""
-    return IGNORED + ((r"lm_head\.weight",) if config.tie_word_embeddings else ())
+def ignored(config, prefix: str = "model.", head: str = "lm_head.weight") -> tuple[str, ...]:
+    """Regexes of checkpoint tensors the model does not use: rotary caches of old checkpoints,
+    and a tied model's saved copy of the embedding."""
+    skipped = (re.escape(prefix) + r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+    return skipped + ((re.escape(head),) if config.tie_word_embeddings else ())

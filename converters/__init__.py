@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from jaxinterp.converters import llama
+from jaxinterp.converters import gpt2, llama
 from jaxinterp.converters.layouts import Layout
 from jaxinterp.converters.sources import Checkpoint, ShardedSource, open_checkpoint
 from jaxinterp.errors import CheckpointError
 
-NAME_MAPS = {"llama": llama}
+NAME_MAPS = {"llama": llama, "gpt2": gpt2}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -41,3 +41,26 @@ LINEAR_SPLIT_IN = Layout(
 )
 # [n1 * n2] -> [n1, n2]   (biases of split projections)
 SPLIT = Layout("split", lambda t: (math.prod(t),), lambda a, t: a.reshape(t))
+
+
+def fused_columns(part: int, parts: int) -> Layout:
+    """Column block `part` of `parts` in a fused [in, parts * out] weight (GPT-2's Conv1D
+    `c_attn` holds q, k and v side by side), reshaped to the target [in, ...]."""
+    return Layout(
+        f"fused_columns({part}/{parts})",
+        lambda t: (t[0], parts * math.prod(t[1:])),
+        lambda a, t: np.split(a, parts, axis=-1)[part].reshape(t),
+    )
+
+
+def fused_bias(part: int, parts: int) -> Layout:
+    """Block `part` of `parts` in a fused [parts * out] bias, reshaped to the target."""
+    return Layout(
+        f"fused_bias({part}/{parts})",
+        lambda t: (parts * math.prod(t),),
+        lambda a, t: np.split(a, parts)[part].reshape(t),
+    )
+
+
+# [in1 * in2, out] -> [in1, in2, out]   (a Conv1D output projection reading split heads)
+SPLIT_IN = Layout("split_in", lambda t: (math.prod(t[:-1]), t[-1]), lambda a, t: a.reshape(t))

@@ -19,15 +19,26 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.errors import ConfigError
-from jaxinterp.models import llama, moa
+from jaxinterp.models import gpt2, llama, moa
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
 from jaxinterp.models.sites import SEGMENTS, Context, Tap, segment_id
 
 Array = jax.Array
 
-FAMILIES = {llama.LlamaConfig.family: llama.LlamaConfig, moa.MoAConfig.family: moa.MoAConfig}
+# family name -> config class (one entry per line, so parallel additions merge cleanly)
+FAMILIES = {
+    config.family: config
+    for config in (
+        llama.LlamaConfig,
+        gpt2.GPT2Config,
+        moa.MoAConfig,
+    )
+}
 # Hugging Face `model_type` -> function building our config from its config.json.
-HF_MODEL_TYPES = {model_type: llama.from_hf_config for model_type in llama.HF_MODEL_TYPES}
+HF_MODEL_TYPES = {
+    **{model_type: llama.from_hf_config for model_type in llama.HF_MODEL_TYPES},
+    "gpt2": gpt2.from_hf_config,
+}
 
 
 def forward(

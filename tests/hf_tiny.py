@@ -44,6 +44,11 @@ CONFIGS = {
 }
 
 
+CONFIGS["gpt2"] = lambda: transformers.GPT2Config(
+    vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=64, n_inner=None, bos_token_id=0, eos_token_id=1,
+)
+
+
 def build(kind: str, seed: int = 0) -> transformers.PreTrainedModel:
     """A tiny random `*ForCausalLM` of the given kind, in fp32 eager attention, eval mode."""
     torch.manual_seed(seed)
@@ -52,8 +57,8 @@ def build(kind: str, seed: int = 0) -> transformers.PreTrainedModel:
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            if "norm" in name or ".ln_" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
             else:
                 p.normal_(0.0, 0.15 if p.ndim > 1 else 0.1)
     return model

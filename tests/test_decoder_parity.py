@@ -1,4 +1,4 @@
-"""Parity of the Llama family against transformers' PyTorch models, through the user's loading path."""
+"""Parity of the decoder families (Llama, Mistral, Qwen2, GPT-2) against transformers' PyTorch models, through the user's loading path."""
 
 from __future__ import annotations
 

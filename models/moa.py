@@ -43,9 +43,9 @@ import optax
 
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
-from jaxinterp.models.batch import Batch, KVCache
-from jaxinterp.models.llama import RMSNorm
-from jaxinterp.models.masks import attention_mask
+from jaxinterp.models.batch import Batch, KVCache, Output
+from jaxinterp.models.decoder import finish, frame
+from jaxinterp.models.layers import RMSNorm
 from jaxinterp.models.rope import RopeConfig, apply_rotary, inverse_frequencies, rotary_tables
 from jaxinterp.models.sites import Context, Tap
 
@@ -181,40 +181,24 @@ class MoA(nn.Module):
     @nn.compact
     def __call__(self, batch: Batch, tap: Tap, cache: KVCache | None = None, decoding: bool = False):
         cfg = self.config
-        length = batch.tokens.shape[1]
         embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
-        if cache is None:
-            keys, write_at = batch, None
-            query_slots = key_slots = jnp.arange(length)
-        else:
-            cache = cache.describe(batch)
-            keys, write_at = cache, cache.length
-            query_slots, key_slots = cache.length + jnp.arange(length), jnp.arange(cache.size)
-        ctx = Context.of(batch, keys, decoding=decoding)
-        allowed = attention_mask(
-            query_slots=query_slots, key_slots=key_slots, query_positions=batch.positions,
-            key_positions=keys.positions, key_mask=keys.mask, causal=cfg.causal,
-        )
+        shared = frame(batch, cache, causal=cfg.causal, decoding=decoding)
         rotary = rotary_tables(batch.positions, inverse_frequencies(cfg.rope, cfg.head_dim))
         x = embedding[batch.tokens] if batch.embeds is None else batch.embeds.astype(embedding.dtype)
-        x = tap("embed", x, ctx)
-        new_keys, new_values = [], []
+        x = tap("embed", x, shared.ctx)
+        slots = []
         for i in range(cfg.num_layers):
-            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            x, layer_cache = MoABlock(cfg, i, name=f"blocks_{i}")(
-                x, tap=tap, ctx=ctx, rotary=rotary, allowed=allowed, cache=layer_cache, write_at=write_at,
+            x, layer_slots = MoABlock(cfg, i, name=f"blocks_{i}")(
+                x, tap=tap, ctx=shared.ctx, rotary=rotary, allowed=shared.mask(),
+                cache=shared.layer_cache(i), write_at=shared.write_at,
             )
-            if cache is not None:
-                new_keys.append(layer_cache[0])
-                new_values.append(layer_cache[1])
-        x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), ctx)
+            slots.append(layer_slots)
+        x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), shared.ctx)
         head = embedding if cfg.tie_word_embeddings else self.param(
             "lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size)
         )
-        logits = tap("logits", jnp.einsum("btd,vd->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32), ctx)
-        if cache is not None:
-            cache = cache.replace(keys=tuple(new_keys), values=tuple(new_values)).advance(length)
-        return logits, cache
+        logits = tap("logits", jnp.einsum("btd,vd->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32), shared.ctx)
+        return Output(logits=logits, hidden=x, cache=finish(shared, slots, batch.tokens.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,12 +19,20 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from jaxinterp.converters import gpt2, llama
+from jaxinterp.converters import gpt2, llada, llama
 from jaxinterp.converters.layouts import Layout
 from jaxinterp.converters.sources import Checkpoint, ShardedSource, open_checkpoint
 from jaxinterp.errors import CheckpointError
 
-NAME_MAPS = {"llama": llama, "gpt2": gpt2}
+# family -> its name map (one entry per line, so parallel additions merge cleanly)
+NAME_MAPS = {
+    "llama": llama,
+    "gpt2": gpt2,
+}
+# checkpoint `model_type` -> name map, where a format's tensor names differ from its family's
+FORMATS = {
+    "llada": llada,
+}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -92,7 +100,7 @@ def convert(
       dtype: parameter dtype of the result.
       progress: show a progress bar.
     """
-    names = NAME_MAPS[config.family]
+    names = FORMATS.get(checkpoint.hf_config.get("model_type")) or NAME_MAPS[config.family]
     table = names.name_map(config)
     if set(table) != set(expected):
         raise CheckpointError(  # a bug in a name map, not in the user's checkpoint

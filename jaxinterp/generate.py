@@ -201,6 +201,7 @@ def left_pad(prompt: Batch, length: int, pad_id: int) -> Batch:
         tokens=pad(prompt.tokens, pad_id), mask=pad(prompt.mask, False), positions=pad(prompt.positions, 0),
         segments=pad(prompt.segments, segment_id("pad")), steps=pad(prompt.steps, 0),
         embeds=None if prompt.embeds is None else jnp.pad(prompt.embeds, ((0, 0), (extra, 0), (0, 0))),
+        embeds_mask=None if prompt.embeds_mask is None else pad(prompt.embeds_mask, False),
         pixels=prompt.pixels,
     )
 

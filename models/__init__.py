@@ -38,6 +38,7 @@ FAMILIES = {
 HF_MODEL_TYPES = {
     **{model_type: llama.from_hf_config for model_type in llama.HF_MODEL_TYPES},
     "gpt2": gpt2.from_hf_config,
+    "llada": llama.from_llada_config,
 }
 
 

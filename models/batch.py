@@ -32,8 +32,10 @@ class Batch:
       segments: [B, T] int32 segment ids (see `jaxinterp.models.sites.SEGMENTS`).
       steps: [B, T] int32 index of the reasoning step (or any other unit) each token belongs to;
         0 where nobody marked steps.
-      embeds: optional [B, T, D] input embeddings that replace the token embeddings
-        (latent reasoning feeds hidden states back).
+      embeds: optional [B, T, D] input embeddings that replace the token embeddings where
+        `embeds_mask` is True (everywhere when it is None): latent reasoning feeds hidden
+        states back, vision-language models splice projected image features in.
+      embeds_mask: optional [B, T] bool, where `embeds` applies.
       pixels: optional float32 pixel values: [B, C, H, W] for a vision tower, [B, N, C, H, W]
         (N images per row) for a vision-language model, whose tokens then hold one image
         placeholder token per image patch.
@@ -45,6 +47,7 @@ class Batch:
     segments: Array
     steps: Array
     embeds: Array | None = None
+    embeds_mask: Array | None = None
     pixels: Array | None = None
 
     @property
@@ -60,9 +63,20 @@ class Batch:
         if self.embeds is not None:
             chex.assert_rank(self.embeds, 3)
             chex.assert_equal_shape_prefix([self.tokens, self.embeds], 2)
+        if self.embeds_mask is not None:
+            chex.assert_equal_shape([self.tokens, self.embeds_mask])
+
+    def embed(self, table: Array) -> Array:
+        """[B, T, D] input vectors: rows of the embedding `table`, with `embeds` spliced in."""
+        tokens = table[self.tokens]
+        if self.embeds is None:
+            return tokens
+        embeds = self.embeds.astype(table.dtype)
+        return embeds if self.embeds_mask is None else jnp.where(self.embeds_mask[..., None], embeds, tokens)
 
 
-def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, embeds=None, pixels=None) -> Batch:
+def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, embeds=None, embeds_mask=None,
+               pixels=None) -> Batch:
     """A `Batch` from token ids, filling defaults.
 
     Positions default to the count of real tokens before each token (so a left-padded row
@@ -81,6 +95,7 @@ def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, 
         tokens=tokens, mask=mask, positions=jnp.asarray(positions, jnp.int32),
         segments=jnp.asarray(segments, jnp.int32),
         steps=jnp.zeros(tokens.shape, jnp.int32) if steps is None else jnp.asarray(steps, jnp.int32), embeds=embeds,
+        embeds_mask=None if embeds_mask is None else jnp.asarray(embeds_mask, bool),
         pixels=None if pixels is None else jnp.asarray(pixels, jnp.float32),
     )
     batch.check()

@@ -115,14 +115,19 @@ def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> GPT
 
 
 class Block(nn.Module):
-    """Pre-LN block: attention and MLP, each added to the residual stream."""
+    """Pre-LN block: attention and MLP, each added to the residual stream.
+
+    Also the encoder block of the CLIP and SigLIP vision towers (`models/vit.py`), whose
+    sites are named under `sites="vision.blocks"`.
+    """
 
     config: GPT2Config
     layer: int
+    sites: str = "blocks"
 
     @nn.compact
     def __call__(self, x, *, tap: Tap, ctx: Context, allowed, cache, write_at):
-        cfg, prefix = self.config, f"blocks.{self.layer}"
+        cfg, prefix = self.config, f"{self.sites}.{self.layer}"
         ctx = ctx.replace(layer=self.layer)
         x = tap(f"{prefix}.resid_pre", x, ctx)
         h = LayerNorm(cfg.layer_norm_eps, name="attn_norm")(x)
@@ -149,7 +154,7 @@ class GPT2(nn.Module):
         tokens = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
         positions = self.param("positions", nn.initializers.normal(0.01), (cfg.max_position_embeddings, cfg.hidden_size))
         shared = frame(batch, cache, causal=True, decoding=decoding)
-        x = tokens[batch.tokens] if batch.embeds is None else batch.embeds.astype(tokens.dtype)
+        x = batch.embed(tokens)
         x = tap("embed", x + positions[batch.positions], shared.ctx)
         slots = []
         for i in range(cfg.num_layers):

@@ -56,6 +56,7 @@ class LlamaConfig:
       window_layers: indices of the blocks that use the window (None: all blocks).
       causal: causal attention; False gives bidirectional attention (masked-diffusion LMs).
       bos_token_id, eos_token_ids, pad_token_id: special tokens from the checkpoint.
+      mask_token_id: the mask token of a masked-diffusion LM (LLaDA), None otherwise.
     """
 
     family: ClassVar[str] = "llama"
@@ -80,6 +81,7 @@ class LlamaConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    mask_token_id: int | None = None
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -209,6 +211,43 @@ def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> Lla
     )
 
 
+# LLaDA's remote-code config (`model_type: llada`): the values our Llama block implements.
+LLADA_REQUIRED = {
+    "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True, "alibi": False,
+    "attention_layer_norm": False, "include_bias": False, "include_qkv_bias": False, "input_emb_norm": False,
+    "scale_logits": False,
+}
+
+
+def from_llada_config(hf: Mapping[str, Any], *, source: str = "config.json") -> LlamaConfig:
+    """A bidirectional `LlamaConfig` from a LLaDA (masked-diffusion LM) `config.json`."""
+    for key, supported in LLADA_REQUIRED.items():
+        found = hf.get(key, supported)
+        if (found.lower() if isinstance(found, str) else found) != supported:
+            raise ConfigError(f"{source}: {key}: expected {supported!r}, found {found!r}")
+    heads = int(hf["n_heads"])
+    hidden = int(hf["d_model"])
+    eos = hf.get("eos_token_id")
+    return LlamaConfig(
+        vocab_size=int(hf.get("embedding_size") or hf["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(hf.get("mlp_hidden_size") or hf.get("mlp_ratio", 4) * hidden),
+        num_layers=int(hf["n_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(hf.get("n_kv_heads") or heads),
+        head_dim=hidden // heads,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+        rope=RopeConfig(theta=float(hf.get("rope_theta", 10000.0))),
+        max_position_embeddings=int(hf.get("max_sequence_length", 4096)),
+        tie_word_embeddings=bool(hf.get("weight_tying", False)),
+        causal=False,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=() if eos is None else (int(eos),),
+        pad_token_id=hf.get("pad_token_id"),
+        mask_token_id=hf.get("mask_token_id"),
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # The model
 
@@ -257,7 +296,7 @@ class Llama(nn.Module):
         shared = frame(batch, cache, causal=cfg.causal, windows=windows, decoding=decoding)
         rotary = rotary_tables(batch.positions, inverse_frequencies(cfg.rope, cfg.head_dim))
 
-        x = embedding[batch.tokens] if batch.embeds is None else batch.embeds.astype(embedding.dtype)
+        x = batch.embed(embedding)
         x = tap("embed", x, shared.ctx)
         slots = []
         for i in range(cfg.num_layers):

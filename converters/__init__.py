@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from jaxinterp.converters import gpt2, llada, llama
+from jaxinterp.converters import clip_vision, gpt2, llada, llama, siglip_vision
 from jaxinterp.converters.layouts import Layout
 from jaxinterp.converters.sources import Checkpoint, ShardedSource, open_checkpoint
 from jaxinterp.errors import CheckpointError
@@ -28,6 +28,8 @@ from jaxinterp.errors import CheckpointError
 NAME_MAPS = {
     "llama": llama,
     "gpt2": gpt2,
+    "clip_vision": clip_vision,
+    "siglip_vision": siglip_vision,
 }
 # checkpoint `model_type` -> name map, where a format's tensor names differ from its family's
 FORMATS = {
@@ -83,6 +85,18 @@ def check(
             )
 
 
+def _placement(names: Any, config: Any, available: set[str]) -> dict[str, Any]:
+    """Name-map keyword arguments for this checkpoint: the first of the name map's `PLACEMENTS`
+    (where checkpoints of different transformers versions keep the tensors, e.g. a vision
+    tower's prefix) whose tensors the checkpoint holds; the first when none fits, so that
+    `check` reports what is missing."""
+    placements = getattr(names, "PLACEMENTS", ({},))
+    for kwargs in placements:
+        if all(name in available for name, _ in names.name_map(config, **kwargs).values()):
+            return kwargs
+    return placements[0]
+
+
 def convert(
     checkpoint: Checkpoint,
     config: Any,
@@ -101,13 +115,14 @@ def convert(
       progress: show a progress bar.
     """
     names = FORMATS.get(checkpoint.hf_config.get("model_type")) or NAME_MAPS[config.family]
-    table = names.name_map(config)
+    tensors = checkpoint.tensors
+    placement = _placement(names, config, set(tensors.names))
+    table = names.name_map(config, **placement)
     if set(table) != set(expected):
         raise CheckpointError(  # a bug in a name map, not in the user's checkpoint
             f"name map of {config.family} does not cover the model: {sorted(set(table) ^ set(expected))[:5]}"
         )
-    tensors = checkpoint.tensors
-    check(tensors, table, expected, names.ignored(config))
+    check(tensors, table, expected, names.ignored(config, **placement))
     params = {}
     for path, (name, layout) in tqdm(
         table.items(), desc=f"converting {os.path.basename(checkpoint.description)}", unit="tensor", disable=not progress, leave=False

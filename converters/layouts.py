@@ -64,3 +64,5 @@ def fused_bias(part: int, parts: int) -> Layout:
 
 # [in1 * in2, out] -> [in1, in2, out]   (a Conv1D output projection reading split heads)
 SPLIT_IN = Layout("split_in", lambda t: (math.prod(t[:-1]), t[-1]), lambda a, t: a.reshape(t))
+# [out, in, kh, kw] -> [in, kh, kw, out]   (a stride-p Conv2d patch embedding as a dense map over a patch)
+CONV_PATCH = Layout("conv_patch", lambda t: (t[-1], *t[:-1]), lambda a, t: np.moveaxis(a, 0, -1))

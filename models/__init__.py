@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.errors import ConfigError
-from jaxinterp.models import gpt2, llama, moa
+from jaxinterp.models import clip_vision, gpt2, llama, moa, siglip_vision
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
 from jaxinterp.models.sites import SEGMENTS, Context, Tap, segment_id
 
@@ -32,6 +32,8 @@ FAMILIES = {
         llama.LlamaConfig,
         gpt2.GPT2Config,
         moa.MoAConfig,
+        clip_vision.ClipVisionConfig,
+        siglip_vision.SiglipVisionConfig,
     )
 }
 # Hugging Face `model_type` -> function building our config from its config.json.
@@ -39,6 +41,8 @@ HF_MODEL_TYPES = {
     **{model_type: llama.from_hf_config for model_type in llama.HF_MODEL_TYPES},
     "gpt2": gpt2.from_hf_config,
     "llada": llama.from_llada_config,
+    **{model_type: clip_vision.from_hf_config for model_type in clip_vision.ClipVisionConfig.hf_model_types},
+    **{model_type: siglip_vision.from_hf_config for model_type in siglip_vision.SiglipVisionConfig.hf_model_types},
 }
 
 

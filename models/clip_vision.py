@@ -1,0 +1,37 @@
+"""CLIP's vision tower (`CLIPVisionModel`, and the tower inside LLaVA-1.5).
+
+A class token precedes the patches, the patch projection has no bias, the embeddings are
+layer-normalised (`pre_layrnorm`) before the encoder, and the MLP uses quick-GELU. The
+standalone model's `last_hidden_state` is the encoder output: CLIP's `post_layernorm` only
+normalises the pooled class token, which this library does not compute (the checkpoint's
+`post_layernorm` tensors are skipped). The shared tower is in `models/vit.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from jaxinterp.models.vit import VisionConfig, config_from_hf
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClipVisionConfig(VisionConfig):
+    """A CLIP vision tower (fields documented on `VisionConfig`)."""
+
+    family: ClassVar[str] = "clip_vision"
+    class_token: ClassVar[bool] = True
+    patch_bias: ClassVar[bool] = False
+    pre_norm: ClassVar[bool] = True
+    post_norm: ClassVar[bool] = False
+    hf_model_types: ClassVar[tuple[str, str]] = ("clip_vision_model", "clip")
+    hf_defaults: ClassVar[Mapping[str, Any]] = {
+        "image_size": 224, "patch_size": 32, "num_channels": 3, "hidden_size": 768, "intermediate_size": 3072,
+        "num_hidden_layers": 12, "num_attention_heads": 12, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu",
+    }
+
+
+def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> ClipVisionConfig:
+    """A `ClipVisionConfig` from a `clip_vision_model` config (or a full `clip` model's)."""
+    return config_from_hf(ClipVisionConfig, hf, source=source)

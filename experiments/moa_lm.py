@@ -98,16 +98,17 @@ def train(config, train_bytes, valid_windows, *, steps, batch_size, context, see
     evaluate = jax.jit(lambda p, w: loss_fn(config, p, w)[1]["ce"])
     keys = jax.random.split(jax.random.key(seed + 1), steps)  # same data order for every model
     curves = {"step": [], "train_ce": [], "valid_ce": []}
-    params, state, _ = step(params, state, keys[0])  # compile outside the timed loop
-    started = time.perf_counter()
+    params, state, _ = step(params, state, keys[0])  # compile outside the timed steps
+    seconds = 0.0
     for i in tqdm(range(1, steps), desc=config.family):
-        params, state, parts = step(params, state, keys[i])
+        started = time.perf_counter()
+        params, state, parts = jax.block_until_ready(step(params, state, keys[i]))
+        seconds += time.perf_counter() - started
         if i % eval_every == 0 or i == steps - 1:
             curves["step"].append(i)
             curves["train_ce"].append(float(parts["ce"]))
             curves["valid_ce"].append(float(np.mean([evaluate(params, w) for w in valid_windows])))
-    seconds = (time.perf_counter() - started) / (steps - 1)
-    return params, curves, seconds
+    return params, curves, seconds / (steps - 1)
 
 
 def utilisation(config: MoAConfig, params, valid_windows) -> np.ndarray:

@@ -1,0 +1,148 @@
+"""Which SmolLM2 layer and pooling transfers best? Estimators vs trained linear probes on BIG-bench.
+
+    python -m experiments.transferability_bigbench [--tasks sports_understanding ...] [--out DIR]
+
+The candidate pool is the feature choice inside one model (the survey ranks models; one
+model's layers and poolings are the pool we can afford on a CPU): SmolLM2-135M-Instruct's
+residual stream after every `--layer-step`-th block, pooled over the text's tokens as the
+first token, the mean, or the last token. For each BIG-bench multiple-choice task with a
+fixed label set, a seeded stratified subsample is split 60/40: every transferability
+estimator scores each candidate from the 60% part alone; the ground truth is the held-out
+accuracy of a logistic-regression probe (optax) trained on that same part. Agreement is the
+rank correlation between estimator scores and probe accuracy across candidates (weighted
+Kendall tau as in LogME/SFDA, plus Kendall tau, Spearman and Pearson).
+
+LEEP and NCE need a source head; for an LM we use the logit lens (the model's final RMSNorm
+and tied unembedding applied to the pooled feature) as theta over the vocabulary.
+Writes results.json, correlations.png and probe_accuracy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+import jaxinterp
+from experiments.outputs import output_dir, plt, save_figure, save_json
+from jaxinterp.data.bigbench import fetch, load_task
+from jaxinterp.methods import transferability as tr
+from jaxinterp.methods.features import POOLINGS, pooled_features
+
+TASKS = ("sports_understanding", "intent_recognition", "implicatures", "metaphor_boolean")
+CORRELATIONS = {"weighted_tau": tr.weighted_tau, "kendall_tau": tr.kendall_tau, "spearman": tr.spearman,
+                "pearson": tr.pearson}
+
+
+def stratified_split(labels: np.ndarray, examples: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a seeded subsample of about `examples` items, split per class into train / test."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = max(2, examples // len(classes))
+    train, test = [], []
+    for c in classes:
+        members = rng.permutation(np.flatnonzero(labels == c))[:per_class]
+        cut = max(1, int(round(train_fraction * len(members))))
+        train.extend(members[:cut])
+        test.extend(members[cut:])
+    return np.array(sorted(train)), np.array(sorted(test))
+
+
+def logit_lens(model, features: np.ndarray) -> jnp.ndarray:
+    """Next-token distribution [N, V] read from pooled residual features via the final norm and unembedding."""
+    x = jnp.asarray(features)
+    x = x * jax.lax.rsqrt(jnp.mean(x**2, -1, keepdims=True) + model.config.rms_norm_eps) * model.params["final_norm"]["scale"]
+    return jax.nn.softmax(x @ model.params["embed"].T, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def probe_accuracies(train: jnp.ndarray, train_labels: jnp.ndarray, test: jnp.ndarray, test_labels: jnp.ndarray,
+                     num_classes: int) -> jnp.ndarray:
+    """Held-out accuracy [M] of a probe trained on each candidate [M, N, D] (the ground truth)."""
+    return jax.vmap(lambda a, b: tr.probe_accuracy(tr.train_linear_probe(a, train_labels, num_classes=num_classes), b, test_labels))(train, test)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--examples", type=int, default=400, help="subsample size per task (before the split)")
+    parser.add_argument("--layer-step", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/transferability_bigbench")
+    args = parser.parse_args()
+    folder = output_dir(args.out)
+
+    model = jaxinterp.load("smollm2", progress=False)
+    layers = list(range(args.layer_step - 1, model.config.num_layers, args.layer_step))
+    sites = [f"blocks.{i}.resid_post" for i in layers]
+    candidates = [(site, pooling) for site in sites for pooling in POOLINGS]
+    fetch(args.tasks)
+    results = {"settings": vars(args), "candidates": [f"{s}/{p}" for s, p in candidates], "tasks": {}}
+    key = jax.random.key(args.seed)
+    for name in args.tasks:
+        texts, labels, classes = load_task(name).classification()
+        train, test = stratified_split(labels, args.examples, 0.6, args.seed)
+        chosen = np.concatenate([train, test])
+        features = pooled_features(model, [texts[i] for i in chosen], sites=sites, max_tokens=args.max_tokens)
+        stack = np.stack([features[c] for c in candidates])  # [M, N, D]
+        stack_train, stack_test = stack[:, : len(train)], stack[:, len(train):]
+        y_train, y_test = labels[train], labels[test]
+        truth = np.asarray(probe_accuracies(jnp.asarray(stack_train), jnp.asarray(y_train), jnp.asarray(stack_test),
+                                            jnp.asarray(y_test), num_classes=len(classes)))
+        task = {"classes": list(classes), "train": len(train), "test": len(test), "probe_accuracy": truth,
+                "scores": {}, "seconds": {}, "correlations": {}}
+        for estimator_name, estimator in tqdm(tr.ESTIMATORS.items(), desc=f"{name}: estimators"):
+            started = time.perf_counter()
+            if estimator_name in ("leep", "nce"):
+                with jax.enable_x64(True):
+                    scores = np.array([float(estimator(jnp.asarray(logit_lens(model, f), jnp.float64), jnp.asarray(y_train),
+                                                       num_classes=len(classes))) for f in stack_train])
+            else:
+                extra = {"key": key} if estimator_name in ("nleep", "linear_probe") else {}
+                scores = tr.score_candidates(estimator, stack_train, y_train, num_classes=len(classes), **extra)
+            task["seconds"][estimator_name] = time.perf_counter() - started
+            task["scores"][estimator_name] = scores
+            task["correlations"][estimator_name] = {
+                metric: float(fn(scores, truth)) if np.all(np.isfinite(scores)) and np.ptp(scores) > 0 else float("nan")
+                for metric, fn in CORRELATIONS.items()
+            }
+        best = int(np.argmax(truth))
+        task["best_candidate"] = results["candidates"][best]
+        task["top1_by_estimator"] = {n: results["candidates"][int(np.argmax(s))] for n, s in task["scores"].items()}
+        results["tasks"][name] = task
+        print(f"{name}: best probe {truth[best]:.3f} at {task['best_candidate']}; weighted tau: "
+              + ", ".join(f"{n} {c['weighted_tau']:+.2f}" for n, c in task["correlations"].items()))
+    estimators = list(tr.ESTIMATORS)
+    results["mean_weighted_tau"] = {
+        n: float(np.nanmean([results["tasks"][t]["correlations"][n]["weighted_tau"] for t in args.tasks])) for n in estimators
+    }
+    save_json(folder, results)
+
+    matrix = np.array([[results["tasks"][t]["correlations"][n]["weighted_tau"] for t in args.tasks] for n in estimators])
+    fig, ax = plt.subplots(figsize=(1.6 * len(args.tasks) + 3, 5))
+    image = ax.imshow(matrix, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(args.tasks)), args.tasks, rotation=20, ha="right")
+    ax.set_yticks(range(len(estimators)), estimators)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title("weighted Kendall tau: estimator score vs probe accuracy\n(SmolLM2 layers x poolings)")
+    fig.colorbar(image, ax=ax)
+    save_figure(fig, folder, "correlations.png")
+    fig, axes = plt.subplots(1, len(args.tasks), figsize=(4 * len(args.tasks), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], args.tasks):
+        truth = np.asarray(results["tasks"][name]["probe_accuracy"]).reshape(len(layers), len(POOLINGS))
+        for j, pooling in enumerate(POOLINGS):
+            ax.plot(layers, truth[:, j], marker=".", label=pooling)
+        ax.set(title=name, xlabel="block", ylabel="probe accuracy (held out)")
+        ax.legend()
+    save_figure(fig, folder, "probe_accuracy.png")
+
+
+if __name__ == "__main__":
+    main()

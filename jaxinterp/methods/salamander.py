@@ -1,0 +1,220 @@
+"""SalaMAnder: Shapley attribution of the mathematical expressions in few-shot demonstrations, and CoSP.
+
+Xin et al., Findings of EMNLP 2025 (arXiv:2509.16561). The players are the expressions in the
+demonstrations' worked answers (GSM8K `48/2 = <<48/2=24>>24` and plain `a op b = c`);
+everything else is the whiteboard, present in every coalition. A coalition prompt deletes
+the expressions outside the coalition.
+
+Batched coalitions: the full prompt is tokenised once and each token knows its player
+(-1 for the whiteboard). Deleting a set of expressions is then a token mask, with positions
+recomputed as the count of kept tokens before each token, which is the forward of the
+shortened prompt (up to how the tokenizer would have merged the characters at the cut).
+So v over many coalitions and test problems is one `sweep` (a vmapped, chunked forward over
+coalition masks), never one prompt at a time.
+
+Value (Eq. 2): v(S) = conf(S) * 1[y_pred(S) = y*], evaluated by teacher forcing the gold
+answer y* after the prompt: y_pred = y* exactly when greedy decoding would emit y*, i.e.
+when every gold answer token is the argmax given the gold tokens before it, and conf is the
+mean over the answer tokens of the log-probability, probability or logit (`confidence`;
+the paper's text is ambiguous, spec Unknowns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxinterp.errors import ArgumentError
+from jaxinterp.methods import shapley
+from jaxinterp.methods.reasoning_segments import Step, token_steps
+from jaxinterp.models import Batch, make_batch
+from jaxinterp.sweep import sweep
+
+Array = jax.Array
+CONFIDENCES = ("log_prob", "probability", "logit")
+_NUMBER = r"\$?-?\d+(?:[.,]\d+)*%?"
+_TERM = rf"(?:\(\s*)?{_NUMBER}(?:\s*\))?"
+# lhs (at least one operator) = [<<calculator annotation>>] result
+EXPRESSION = re.compile(rf"{_TERM}(?:\s*[-+*/×÷x]\s*{_TERM})+\s*=\s*(?:<<[^>]*>>\s*)?{_NUMBER}")
+
+
+def find_expressions(text: str) -> list[tuple[int, int]]:
+    """[start, end) character spans of the mathematical expressions in `text` (spec step 1;
+    the paper does not say how it finds them, so this regex is our rule)."""
+    return [match.span() for match in EXPRESSION.finditer(text)]
+
+
+def coalition_text(text: str, spans: Sequence[tuple[int, int]], keep: Sequence[bool]) -> str:
+    """`text` with the expressions not kept deleted (spec step 2), for display and per-prompt scoring."""
+    pieces, last = [], 0
+    for (start, end), kept in zip(spans, keep):
+        if not kept:
+            pieces.append(text[last:start])
+            last = end
+    return "".join(pieces) + text[last:]
+
+
+@struct.dataclass
+class Game:
+    """One demonstration set against P test problems, tokenised once (right-padded to T).
+
+    Attributes:
+      tokens, mask: [P, T] prompt + gold answer of each test problem.
+      players: [P, T] expression index of each token, -1 for the whiteboard.
+      answer_positions, answer_tokens, answer_mask: [P, A] the gold answer tokens and where they sit.
+      n: number of players.
+    """
+
+    tokens: Array
+    mask: Array
+    players: Array
+    answer_positions: Array
+    answer_tokens: Array
+    answer_mask: Array
+    n: int = struct.field(pytree_node=False)
+
+
+def build_game(tokenizer, demonstrations: str, tests: Sequence[tuple[str, str]], *,
+               query: str = "Q: {question}\nA: The answer is", answer: str = " {answer}") -> tuple[Game, str]:
+    """A `Game` for `demonstrations` (the few-shot text, players found by `find_expressions`)
+    followed by each (question, gold answer) of `tests` in the `query` / `answer` templates.
+
+    Returns (game, the full prompt of the first test problem).
+    """
+    if not tests:
+        raise ArgumentError("tests: expected at least one (question, answer) pair, found none")
+    spans = find_expressions(demonstrations)
+    if not spans:
+        raise ArgumentError(f"demonstrations: expected at least one expression like 'a + b = c', found none in {demonstrations[:80]!r}")
+    rows = []
+    for question, gold in tests:
+        prompt = demonstrations + query.format(question=question)
+        text = prompt + answer.format(answer=gold)
+        encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        offsets = encoded["offset_mapping"]
+        players = token_steps(offsets, [Step("expression", a, b) for a, b in spans])
+        in_answer = [i for i, (a, b) in enumerate(offsets) if a >= len(prompt) and b > a]
+        rows.append((encoded["input_ids"], players, in_answer))
+    width = max(len(ids) for ids, _, _ in rows)
+    answers = max(len(a) for _, _, a in rows)
+    pad = lambda seq, size, value: list(seq) + [value] * (size - len(seq))  # noqa: E731
+    game = Game(
+        tokens=jnp.asarray([pad(ids, width, 0) for ids, _, _ in rows], jnp.int32),
+        mask=jnp.asarray([pad([True] * len(ids), width, False) for ids, _, _ in rows]),
+        players=jnp.asarray([pad(p, width, -1) for _, p, _ in rows], jnp.int32),
+        answer_positions=jnp.asarray([pad(a, answers, a[-1]) for _, _, a in rows], jnp.int32),
+        answer_tokens=jnp.asarray([pad([ids[i] for i in a], answers, ids[a[-1]]) for ids, _, a in rows], jnp.int32),
+        answer_mask=jnp.asarray([pad([True] * len(a), answers, False) for _, _, a in rows]),
+        n=len(spans),
+    )
+    return game, demonstrations + query.format(question=tests[0][0])
+
+
+def answer_value(logits: Array, answer_positions: Array, answer_tokens: Array, answer_mask: Array,
+                 confidence: str = "probability") -> Array:
+    """v = conf * 1[greedy emits the gold answer] (Eq. 2) from teacher-forced logits [T, V].
+
+    `confidence`: mean over answer tokens of `log_prob` (the formula of Eq. 2), `probability`
+    (default: keeps v(correct) > v(wrong) = 0, the spec's inferred safe choice) or `logit`
+    (the paper's prose).
+    """
+    chex.assert_rank(logits, 2)
+    before = logits[answer_positions - 1]  # [A, V]: the logits that predict each answer token
+    chosen = jnp.take_along_axis(before, answer_tokens[:, None], axis=-1)[:, 0]
+    log_p = chosen - jax.nn.logsumexp(before, axis=-1)
+    correct = jnp.all((jnp.argmax(before, axis=-1) == answer_tokens) | ~answer_mask)
+    per_token = {"log_prob": log_p, "probability": jnp.exp(log_p), "logit": chosen}[confidence]
+    conf = jnp.sum(per_token * answer_mask) / jnp.maximum(answer_mask.sum(), 1)
+    return jnp.where(correct, conf, 0.0)
+
+
+def coalition_batch(game: Game, problem: Array | int, coalition: Array) -> Batch:
+    """The [1, T] batch of test problem `problem` with the expressions outside `coalition` [n]
+    masked out and positions counting kept tokens only (= the prompt with them deleted)."""
+    players = game.players[problem]
+    kept = game.mask[problem] & ((players < 0) | jnp.asarray(coalition)[jnp.maximum(players, 0)])
+    return make_batch(game.tokens[problem][None], kept[None], positions=jnp.maximum(jnp.cumsum(kept) - 1, 0)[None])
+
+
+def coalition_values(model, game: Game, coalitions: np.ndarray, *, confidence: str = "probability",
+                     chunk_size: int = 16, progress: bool = False) -> np.ndarray:
+    """v(S) of each coalition [M, n] (bool) on each test problem: [M, P], as one sweep over M x P rows."""
+    if confidence not in CONFIDENCES:
+        raise ArgumentError(f"confidence: expected one of {CONFIDENCES}, found {confidence!r}")
+    coalitions = np.asarray(coalitions, bool)
+    if coalitions.ndim != 2 or coalitions.shape[1] != game.n:
+        raise ArgumentError(f"coalitions: expected a [M, {game.n}] boolean array, found shape {coalitions.shape}")
+    problems = game.tokens.shape[0]
+    rows = {"coalition": np.repeat(coalitions, problems, axis=0),
+            "problem": np.tile(np.arange(problems), len(coalitions)).astype(np.int32)}
+
+    def value(game, row):
+        p = row["problem"]
+        logits = model(coalition_batch(game, p, row["coalition"]))[0]
+        return answer_value(logits, game.answer_positions[p], game.answer_tokens[p], game.answer_mask[p], confidence)
+
+    values = sweep(value, game, rows, chunk_size=chunk_size, progress=progress)
+    return np.asarray(values, np.float64).reshape(len(coalitions), problems)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics over averaged Shapley values phibar [n] (spec steps 6-8)
+
+
+def cosp(phibar: Array, lam: float = 0.0) -> float:
+    """CoSP_lambda = sum_i 1(phibar_i > 0) - lambda 1(phibar_i <= 0) (spec step 7)."""
+    phibar = np.asarray(phibar)
+    return float(np.sum(phibar > 0) - lam * np.sum(phibar <= 0))
+
+
+def ssv(phibar: Array) -> float:
+    """SSV: the sum of the averaged Shapley values."""
+    return float(np.sum(phibar))
+
+
+def noe(phibar: Array) -> int:
+    """NoE: the number of expressions."""
+    return int(np.size(phibar))
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson r of two equal-length sequences (nan when either is constant)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribution:
+    """Shapley values of one demonstration set: phi [n, P] per test problem and their mean phibar [n]."""
+
+    phi: np.ndarray
+    evaluations: int
+
+    @property
+    def phibar(self) -> np.ndarray:
+        return self.phi.mean(axis=1)
+
+    def metrics(self, lams: Sequence[float] = (0.0, 1.0)) -> dict[str, float]:
+        out = {f"cosp_{lam:g}": cosp(self.phibar, lam) for lam in lams}
+        return {**out, "ssv": ssv(self.phibar), "noe": noe(self.phibar)}
+
+
+def attribute(model, game: Game, *, estimator: str = "salama", confidence: str = "probability",
+              chunk_size: int = 16, **options) -> Attribution:
+    """Shapley values of the expressions of `game` with one of `shapley.ESTIMATORS` (SalaMA by
+    default; `options` such as m, seed, permutations, samples go to the estimator), every
+    distinct coalition scored once on all test problems."""
+    if estimator not in shapley.ESTIMATORS:
+        raise ArgumentError(f"estimator: expected one of {sorted(shapley.ESTIMATORS)}, found {estimator!r}")
+    memo = shapley.Memo(lambda masks: coalition_values(model, game, masks, confidence=confidence, chunk_size=chunk_size))
+    phi = shapley.ESTIMATORS[estimator](memo, game.n, **options)
+    return Attribution(phi=phi, evaluations=memo.evaluations)

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from jaxinterp.converters import clip_vision, gpt2, llada, llama, siglip_vision
+from jaxinterp.converters import clip_vision, gpt2, llada, llama, llava, siglip_vision
 from jaxinterp.converters.layouts import Layout
-from jaxinterp.converters.sources import Checkpoint, ShardedSource, open_checkpoint
+from jaxinterp.converters.sources import Checkpoint, RenamedSource, ShardedSource, open_checkpoint
 from jaxinterp.errors import CheckpointError
 
 # family -> its name map (one entry per line, so parallel additions merge cleanly)
@@ -30,6 +30,7 @@ NAME_MAPS = {
     "gpt2": gpt2,
     "clip_vision": clip_vision,
     "siglip_vision": siglip_vision,
+    "llava": llava,
 }
 # checkpoint `model_type` -> name map, where a format's tensor names differ from its family's
 FORMATS = {
@@ -116,6 +117,8 @@ def convert(
     """
     names = FORMATS.get(checkpoint.hf_config.get("model_type")) or NAME_MAPS[config.family]
     tensors = checkpoint.tensors
+    if hasattr(names, "canonical"):  # a format with older tensor names that the map renames
+        tensors = RenamedSource(tensors, names.canonical)
     placement = _placement(names, config, set(tensors.names))
     table = names.name_map(config, **placement)
     if set(table) != set(expected):

@@ -125,6 +125,28 @@ class ShardedSource:
         return self._owner[name].get(name)
 
 
+class RenamedSource:
+    """A source whose tensor names pass through `rename` (e.g. an older checkpoint layout)."""
+
+    def __init__(self, source: ShardedSource, rename: Callable[[str], str]):
+        self.source = source
+        self.path = source.path
+        self._original = {rename(name): name for name in source.names}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._original)
+
+    def where(self, name: str) -> str:
+        return self.source.where(self._original.get(name, name))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.source.shape(self._original[name])
+
+    def get(self, name: str) -> np.ndarray:
+        return self.source.get(self._original[name])
+
+
 @dataclasses.dataclass
 class Checkpoint:
     """A checkpoint ready to convert: where it is, its HF config, tensors, and a tokenizer loader."""

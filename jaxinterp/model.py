@@ -142,8 +142,11 @@ class Model:
         return 0
 
     def batch(self, inputs: Inputs) -> Batch:
-        """Any accepted input form as a `Batch` (placed on the model's devices when sharded)."""
-        return self.place(self._as_batch(inputs))
+        """Any accepted input form as a `Batch` (checked by the family, placed on the model's devices when sharded)."""
+        batch = self._as_batch(inputs)
+        if hasattr(self.config, "check_batch"):
+            self.config.check_batch(batch)
+        return self.place(batch)
 
     def place(self, tree: Any) -> Any:
         """Puts a batch (or any batch-major pytree) where a sharded model expects it."""
@@ -169,12 +172,13 @@ class Model:
     @functools.cached_property
     def sites(self) -> tuple[str, ...]:
         """Every site name of this model, in forward order."""
-        return tuple(self.site_shapes(make_batch(np.zeros((1, 2), np.int32))))
+        return tuple(self.site_shapes(models.example_batch(self.config)))
 
     def site_shapes(self, inputs: Inputs) -> dict[str, jax.ShapeDtypeStruct]:
         """Shape and dtype of every site for these inputs (computed abstractly, nothing runs)."""
         batch = self.batch(inputs)
-        key = (batch.tokens.shape, None if batch.embeds is None else batch.embeds.shape)
+        leaves, structure = jax.tree.flatten(batch)
+        key = (structure, tuple(x.shape for x in leaves))
         if key not in self._site_shape_cache:
             self._site_shape_cache[key] = dict(jax.eval_shape(
                 lambda p, b: models.forward(self.config, p, b, record_all=True)[1], self.params, batch

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.errors import ConfigError
-from jaxinterp.models import clip_vision, gpt2, llama, moa, siglip_vision
+from jaxinterp.models import clip_vision, gpt2, llama, llava, moa, siglip_vision
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
 from jaxinterp.models.sites import SEGMENTS, Context, Tap, segment_id
 
@@ -34,6 +34,7 @@ FAMILIES = {
         moa.MoAConfig,
         clip_vision.ClipVisionConfig,
         siglip_vision.SiglipVisionConfig,
+        llava.LlavaConfig,
     )
 }
 # Hugging Face `model_type` -> function building our config from its config.json.
@@ -43,6 +44,7 @@ HF_MODEL_TYPES = {
     "llada": llama.from_llada_config,
     **{model_type: clip_vision.from_hf_config for model_type in clip_vision.ClipVisionConfig.hf_model_types},
     **{model_type: siglip_vision.from_hf_config for model_type in siglip_vision.SiglipVisionConfig.hf_model_types},
+    "llava": llava.from_hf_config,
 }
 
 
@@ -76,10 +78,14 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json") -> Any
     return HF_MODEL_TYPES[model_type](hf, source=source)
 
 
+def example_batch(config: Any) -> Batch:
+    """A small batch that exercises every part of a model (a family's `example_batch`, else two tokens)."""
+    return config.example_batch() if hasattr(config, "example_batch") else make_batch(jnp.zeros((1, 2), jnp.int32))
+
+
 def init_params(config: Any, key: Array, dtype: Any = jnp.float32) -> dict[str, Any]:
     """Randomly initialised parameters of a family config (for tests and training from scratch)."""
-    batch = make_batch(jnp.zeros((1, 2), jnp.int32))
-    params = config.module().init(key, batch, Tap())["params"]
+    params = config.module().init(key, example_batch(config), Tap())["params"]
     return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
@@ -103,5 +109,5 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 __all__ = [
     "FAMILIES", "SEGMENTS", "Batch", "Context", "KVCache", "Output", "Tap", "abstract_params",
-    "config_from_dict", "config_from_hf", "config_to_dict", "forward", "init_params", "make_batch", "segment_id",
+    "config_from_dict", "config_from_hf", "config_to_dict", "example_batch", "forward", "init_params", "make_batch", "segment_id",
 ]

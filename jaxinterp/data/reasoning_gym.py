@@ -83,6 +83,6 @@ def chain_problems(count: int, *, terms: tuple[int, int] = (3, 3), digits: tuple
 
 
 def parse_answer(text: str) -> int | None:
-    """The integer after the last `answer is` in `text` (None when absent)."""
-    hits = re.findall(r"answer is\s*:?\s*\$?(-?\d[\d,]*)", text)
-    return int(hits[-1].replace(",", "")) if hits else None
+    """The integer after the last `answer is` in `text`, else its last integer (None when it has none)."""
+    hits = re.findall(r"answer is\s*:?\s*\$?(-?\d[\d,]*)", text) or re.findall(r"-?\d[\d,]*", text)
+    return int(hits[-1].replace(",", "")) if hits and hits[-1].strip(",-") else None

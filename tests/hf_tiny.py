@@ -55,6 +55,11 @@ def build(kind: str, seed: int = 0) -> transformers.PreTrainedModel:
     config = CONFIGS[kind]()
     config._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    return redraw(model)
+
+
+def redraw(model: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
+    """The model with every weight redrawn at the larger test scale (norm scales near 1, norm biases near 0)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or ".ln_" in name:

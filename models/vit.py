@@ -108,6 +108,17 @@ class VisionConfig:
     def module(self) -> nn.Module:
         return VisionModel(self)
 
+    def example_batch(self) -> Batch:
+        """One blank image: lists the sites and parameter shapes."""
+        return pixel_batch(self, jnp.zeros((1, self.num_channels, self.image_size, self.image_size)))
+
+    def check_batch(self, batch: Batch) -> None:
+        """Raises ArgumentError unless the batch carries pixels this tower reads (see `pixel_batch`)."""
+        if batch.pixels is None:
+            raise ArgumentError("inputs: expected a batch with pixels (make it with `pixel_batch(config, pixels)`), "
+                                "found none")
+        _check_pixels(self, batch.pixels)
+
     def tensor_parallel_rules(self) -> dict[str, int]:
         """Parameter path regex -> the dimension that tensor parallelism splits (Megatron)."""
         return TENSOR_PARALLEL
@@ -173,14 +184,18 @@ def pixel_batch(config: VisionConfig, pixels: Any) -> Batch:
     return make_batch(tokens, segments=jnp.full(tokens.shape, segment_id("image")), pixels=pixels)
 
 
-def _patches(config: VisionConfig, pixels: Array) -> Array:
-    """[B, C, H, W] -> [B, rows * cols, C, p, p], patches in row-major order (the Conv2d's)."""
+def _check_pixels(config: VisionConfig, pixels: Array) -> None:
     expected = (config.num_channels, config.image_size, config.image_size)
     if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
         raise ArgumentError(
             f"pixels: expected shape [B, {', '.join(map(str, expected))}] (channels first, the tower's "
             f"image size), found {tuple(pixels.shape)}"
         )
+
+
+def _patches(config: VisionConfig, pixels: Array) -> Array:
+    """[B, C, H, W] -> [B, rows * cols, C, p, p], patches in row-major order (the Conv2d's)."""
+    _check_pixels(config, pixels)
     (rows, cols), p = config.grid, config.patch_size
     grid = pixels[:, :, : rows * p, : cols * p].reshape(pixels.shape[0], config.num_channels, rows, p, cols, p)
     return grid.transpose(0, 2, 4, 1, 3, 5).reshape(pixels.shape[0], rows * cols, config.num_channels, p, p)
@@ -236,12 +251,10 @@ class VisionModel(nn.Module):
 
     @nn.compact
     def __call__(self, batch: Batch, tap: Tap, cache: KVCache | None = None, decoding: bool = False) -> Output:
-        """Runs `batch.pixels` [B, C, H, W] (see `pixel_batch`); a batch without pixels runs one
-        blank image, which is how the library lists sites and parameter shapes."""
+        """Runs `batch.pixels` [B, C, H, W] (see `pixel_batch`)."""
         cfg = self.config
+        cfg.check_batch(batch)
         pixels = batch.pixels
-        if pixels is None:
-            pixels = jnp.zeros((1, cfg.num_channels, cfg.image_size, cfg.image_size), jnp.float32)
         x = VisionTower(cfg, name="vision")(pixels, tap)[-1]
         if cfg.post_norm:
             patches = pixel_batch(cfg, pixels)

@@ -10,7 +10,7 @@ import pytest
 import jaxinterp
 from jaxinterp.edits import FunctionEdit
 from jaxinterp.errors import ArgumentError, ConfigError
-from jaxinterp.models import init_params, llama, siglip_vision
+from jaxinterp.models import init_params, llama, make_batch, siglip_vision
 from jaxinterp.models.sites import Tap
 from jaxinterp.models.vit import VisionTower, pixel_batch
 
@@ -158,6 +158,8 @@ def test_bad_pixels_and_configs_are_clear_errors(towers):
     _, model = towers["clip"]
     with pytest.raises(ArgumentError, match=r"pixels: expected shape \[B, 3, 32, 32\].*found \(1, 4, 32, 32\)"):
         model.run(pixel_batch(model.config, np.zeros((1, 4, 32, 32), np.float32)))
+    with pytest.raises(ArgumentError, match="inputs: expected a batch with pixels"):
+        model.run(make_batch(np.zeros((1, 17), np.int32)))
     hf = TOWERS["siglip"][1].to_dict()
     with pytest.raises(ConfigError, match="hidden_act: expected one of .* found 'swish_cubed'"):
         siglip_vision.from_hf_config({**hf, "hidden_act": "swish_cubed"})

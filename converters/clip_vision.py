@@ -33,5 +33,6 @@ def name_map(config, prefix: str = "vision_model.", *, tower_only: bool = False)
 def ignored(config, prefix: str = "vision_model.", *, tower_only: bool = False) -> tuple[str, ...]:
     """The pooled token's `post_layernorm`, old checkpoints' `position_ids` buffer, and, unless
     `tower_only` (the tower inside a vision-language model), the rest of a full CLIP model."""
-    skipped = tuple(re.escape(prefix) + name for name in (r"post_layernorm\.(weight|bias)", r"embeddings\.position_ids"))
+    unused = (r"post_layernorm\.(weight|bias)", r"embeddings\.position_ids")
+    skipped = tuple(re.escape(prefix) + name for name in unused)
     return skipped + (() if tower_only else OTHER_HALF)

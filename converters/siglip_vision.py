@@ -34,5 +34,6 @@ def name_map(config, prefix: str = "vision_model.", *, tower_only: bool = False)
 def ignored(config, prefix: str = "vision_model.", *, tower_only: bool = False) -> tuple[str, ...]:
     """The pooling head, old checkpoints' `position_ids` buffer, and with `tower_only` the final
     LayerNorm, else the rest of a full SigLIP model."""
-    skipped = tuple(re.escape(prefix) + name for name in (r"head\..*", r"embeddings\.position_ids"))
+    unused = (r"head\..*", r"embeddings\.position_ids")
+    skipped = tuple(re.escape(prefix) + name for name in unused)
     return skipped + ((re.escape(prefix) + r"post_layernorm\.(weight|bias)",) if tower_only else OTHER_HALF)

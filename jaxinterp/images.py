@@ -97,14 +97,15 @@ class ImageProcessor:
                            lambda v: _size(v, "crop_size", square=True, source=source)),
             resample=int(config.get("resample", BICUBIC)),
             rescale_factor=step("do_rescale", "rescale_factor", base.rescale_factor, float),
-            image_mean=step("do_normalize", "image_mean", base.image_mean, lambda v: _per_channel(v, "image_mean", source)),
+            image_mean=step("do_normalize", "image_mean", base.image_mean,
+                            lambda v: _per_channel(v, "image_mean", source)),
             image_std=step("do_normalize", "image_std", base.image_std, lambda v: _per_channel(v, "image_std", source)),
         )
 
     def __call__(self, images: Image | Sequence[Image]) -> np.ndarray:
         """Pixel values [N, 3, H, W] float32 of a PIL image, an [H, W] / [H, W, C] array (C in 1, 3
         or 4, channels last; uint8 or float), an [N, H, W, C] array, or a list of them."""
-        if isinstance(images, (PIL.Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
+        if isinstance(images, PIL.Image.Image) or (isinstance(images, np.ndarray) and images.ndim < 4):
             images = [images]
         pixels = [self._one(image, f"images[{i}]") for i, image in enumerate(images)]
         if not pixels:
@@ -152,7 +153,9 @@ def _size(value: Any, key: str, *, square: bool, source: str) -> int | tuple[int
     if isinstance(value, Mapping) and set(value) == {"height", "width"}:
         return int(value["height"]), int(value["width"])
     expected = "{'height', 'width'}" if square else "{'shortest_edge'} or {'height', 'width'}"
-    raise ConfigError(f"{source}: {key}: expected an int, [height, width] or a dict with keys {expected}, found {value!r}")
+    raise ConfigError(
+        f"{source}: {key}: expected an int, [height, width] or a dict with keys {expected}, found {value!r}"
+    )
 
 
 def _per_channel(value: Any, key: str, source: str) -> tuple[float, float, float]:

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from jaxinterp.models.vit import VisionConfig, config_from_hf
+from jaxinterp.models.vit import HF_DEFAULTS, VisionConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,11 +27,8 @@ class ClipVisionConfig(VisionConfig):
     post_norm: ClassVar[bool] = False
     hf_model_types: ClassVar[tuple[str, str]] = ("clip_vision_model", "clip")
     hf_defaults: ClassVar[Mapping[str, Any]] = {
-        "image_size": 224, "patch_size": 32, "num_channels": 3, "hidden_size": 768, "intermediate_size": 3072,
-        "num_hidden_layers": 12, "num_attention_heads": 12, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu",
+        **HF_DEFAULTS, "patch_size": 32, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu",
     }
 
 
-def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> ClipVisionConfig:
-    """A `ClipVisionConfig` from a `clip_vision_model` config (or a full `clip` model's)."""
-    return config_from_hf(ClipVisionConfig, hf, source=source)
+from_hf_config = ClipVisionConfig.from_hf_config

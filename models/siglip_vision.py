@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from jaxinterp.models.vit import VisionConfig, config_from_hf
+from jaxinterp.models.vit import HF_DEFAULTS, VisionConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,11 +27,8 @@ class SiglipVisionConfig(VisionConfig):
     post_norm: ClassVar[bool] = True
     hf_model_types: ClassVar[tuple[str, str]] = ("siglip_vision_model", "siglip")
     hf_defaults: ClassVar[Mapping[str, Any]] = {
-        "image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_size": 768, "intermediate_size": 3072,
-        "num_hidden_layers": 12, "num_attention_heads": 12, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh",
+        **HF_DEFAULTS, "patch_size": 16, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh",
     }
 
 
-def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> SiglipVisionConfig:
-    """A `SiglipVisionConfig` from a `siglip_vision_model` config (or a full `siglip` model's)."""
-    return config_from_hf(SiglipVisionConfig, hf, source=source)
+from_hf_config = SiglipVisionConfig.from_hf_config

@@ -130,6 +130,41 @@ class VisionConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> VisionConfig:
         return cls(**data)
 
+    @classmethod
+    def from_hf_config(cls, hf: Mapping[str, Any], *, source: str = "config.json") -> VisionConfig:
+        """A config from a Hugging Face config dictionary: the tower's own (`hf_model_types[0]`) or a
+        full image-text model's (`hf_model_types[1]`), read through its `vision_config`. Keys that
+        transformers leaves out of a saved config when they hold the default come from `hf_defaults`."""
+        model_type = hf.get("model_type")
+        if model_type not in cls.hf_model_types:
+            raise ConfigError(f"{source}: model_type: expected one of {list(cls.hf_model_types)}, found {model_type!r}")
+        if model_type == cls.hf_model_types[1]:
+            hf, source = hf.get("vision_config") or {}, f"{source}: vision_config"
+        hf = {**cls.hf_defaults, **hf}
+        hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+        if hidden % heads:
+            raise ConfigError(
+                f"{source}: num_attention_heads: expected a divisor of hidden_size={hidden}, found {heads}"
+            )
+        return cls(
+            image_size=int(hf["image_size"]),
+            patch_size=int(hf["patch_size"]),
+            num_channels=int(hf["num_channels"]),
+            hidden_size=hidden,
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=heads,
+            head_dim=hidden // heads,
+            layer_norm_eps=float(hf["layer_norm_eps"]),
+            activation=_activation_name(hf["hidden_act"], source),
+        )
+
+
+# transformers' defaults shared by CLIPVisionConfig and SiglipVisionConfig
+HF_DEFAULTS = {
+    "image_size": 224, "num_channels": 3, "hidden_size": 768, "intermediate_size": 3072,
+    "num_hidden_layers": 12, "num_attention_heads": 12,
+}
 
 # Column-parallel q/k/v and fc, row-parallel o and proj: one all-reduce per attention and MLP.
 TENSOR_PARALLEL = {
@@ -140,34 +175,6 @@ TENSOR_PARALLEL = {
     r"vision/blocks_\d+/fc/bias": 0,  # [F]
     r"vision/blocks_\d+/proj/kernel": 0,  # [F, D]
 }
-
-
-def config_from_hf(cls: type[VisionConfig], hf: Mapping[str, Any], *, source: str) -> VisionConfig:
-    """A `cls` config from a Hugging Face config dictionary: the tower's own (`cls.hf_model_types[0]`)
-    or a full image-text model's (`cls.hf_model_types[1]`), read through its `vision_config`.
-    Keys that transformers leaves out of a saved config when they hold the class default are
-    filled from `cls.hf_defaults`."""
-    model_type = hf.get("model_type")
-    if model_type not in cls.hf_model_types:
-        raise ConfigError(f"{source}: model_type: expected one of {list(cls.hf_model_types)}, found {model_type!r}")
-    if model_type == cls.hf_model_types[1]:
-        hf, source = hf.get("vision_config") or {}, f"{source}: vision_config"
-    hf = {**cls.hf_defaults, **hf}
-    hidden, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-    if hidden % heads:
-        raise ConfigError(f"{source}: num_attention_heads: expected a divisor of hidden_size={hidden}, found {heads}")
-    return cls(
-        image_size=int(hf["image_size"]),
-        patch_size=int(hf["patch_size"]),
-        num_channels=int(hf["num_channels"]),
-        hidden_size=hidden,
-        intermediate_size=int(hf["intermediate_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
-        num_heads=heads,
-        head_dim=hidden // heads,
-        layer_norm_eps=float(hf["layer_norm_eps"]),
-        activation=_activation_name(hf["hidden_act"], source),
-    )
 
 
 def _activation_name(name: Any, source: str) -> str:
@@ -254,9 +261,9 @@ class VisionModel(nn.Module):
         """Runs `batch.pixels` [B, C, H, W] (see `pixel_batch`)."""
         cfg = self.config
         cfg.check_batch(batch)
-        pixels = batch.pixels
-        x = VisionTower(cfg, name="vision")(pixels, tap)[-1]
+        x = VisionTower(cfg, name="vision")(batch.pixels, tap)[-1]
         if cfg.post_norm:
-            patches = pixel_batch(cfg, pixels)
-            x = tap("vision.post_norm", LayerNorm(cfg.layer_norm_eps, name="post_norm")(x), Context.of(patches, patches))
+            patches = pixel_batch(cfg, batch.pixels)
+            normed = LayerNorm(cfg.layer_norm_eps, name="post_norm")(x)
+            x = tap("vision.post_norm", normed, Context.of(patches, patches))
         return Output(logits=None, hidden=x)

@@ -21,7 +21,8 @@ SETTINGS = {
     "siglip": lambda: transformers.SiglipImageProcessorPil(),
     "siglip_384": lambda: transformers.SiglipImageProcessorPil(size={"height": 384, "width": 384}),
     # no resize: the crop is larger than the small image, which is zero-padded
-    "clip_crop_only": lambda: transformers.CLIPImageProcessorPil(do_resize=False, crop_size={"height": 150, "width": 250}),
+    "clip_crop_only": lambda: transformers.CLIPImageProcessorPil(do_resize=False,
+                                                                 crop_size={"height": 150, "width": 250}),
 }
 DEFAULTS = {"clip": ("clip", 224), "clip_336": ("clip", 336), "siglip": ("siglip", 224), "siglip_384": ("siglip", 384)}
 
@@ -79,14 +80,14 @@ def test_unit_range_floats_follow_transformers(tmp_path):
 def test_wrong_channel_count_is_a_clear_error():
     ours = ImageProcessor.defaults("clip")
     image = np.zeros((40, 30, 2), np.uint8)
-    with pytest.raises(ArgumentError, match=r"images\[1\]: expected .*C in \(1, 3, 4\) channels.*found shape \(40, 30, 2\)"):
+    with pytest.raises(ArgumentError, match=r"images\[1\]: expected .*C in \(1, 3, 4\).*found shape \(40, 30, 2\)"):
         ours([np.zeros((40, 30, 3), np.uint8), image])
     with pytest.raises(ArgumentError, match=r"images\[0\]: expected uint8 values.*found \[-0.5, -0.5\]"):
         ours(np.full((8, 8, 3), -0.5, np.float32))
 
 
 def test_configs_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="image_processor_type: expected a CLIP or SigLIP image processor, found 'ViTImageProcessor'"):
+    with pytest.raises(ConfigError, match="image_processor_type: expected a CLIP or SigLIP .* found .ViTImage"):
         ImageProcessor.from_hf({"image_processor_type": "ViTImageProcessor"})
     with pytest.raises(ConfigError, match="size: expected an int, .* found {'longest_edge': 10}"):
         ImageProcessor.from_hf({"image_processor_type": "CLIPImageProcessor", "size": {"longest_edge": 10}})

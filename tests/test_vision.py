@@ -70,8 +70,8 @@ def test_every_hidden_state_matches_transformers(kind, towers):
     np.testing.assert_allclose(np.asarray(run.hidden), last, atol=1e-4, rtol=0)
     if kind == "siglip":  # the post-LayerNorm really applies, through its site
         assert np.abs(last - theirs[-1]).max() > 0.1
-        np.testing.assert_allclose(np.asarray(model.run(pixel_batch(model.config, pixels), capture=["vision.post_norm"])[
-            "vision.post_norm"]), last, atol=1e-4, rtol=0)
+        post = model.run(pixel_batch(model.config, pixels), capture=["vision.post_norm"])["vision.post_norm"]
+        np.testing.assert_allclose(np.asarray(post), last, atol=1e-4, rtol=0)
 
 
 def test_truncated_tower_skips_the_last_layers(towers):

@@ -23,7 +23,7 @@ from jaxinterp.edits import Edit, compose
 from jaxinterp.errors import ArgumentError
 from jaxinterp.generate import Generation, Labeler, decode_loop, run_generation
 from jaxinterp.models import Batch, make_batch
-from jaxinterp.models.sites import resolve
+from jaxinterp.models.sites import resolve, segment_id
 
 Array = jax.Array
 Inputs = str | Sequence[str] | Batch | np.ndarray | Array
@@ -70,10 +70,13 @@ class Model:
         *,
         source: str = "",
         load_tokenizer: Callable[[], Any] | None = None,
+        processor: Any = None,
     ):
-        """`load_tokenizer`, when given instead of `tokenizer`, loads it on first use."""
+        """`load_tokenizer`, when given instead of `tokenizer`, loads it on first use; `processor`
+        turns images into pixel values (`jaxinterp.images.ImageProcessor`) for vision models."""
         self.config = config
         self.params = params
+        self.processor = processor
         self._tokenizer = tokenizer
         self._load_tokenizer = load_tokenizer
         self.source = source
@@ -114,8 +117,6 @@ class Model:
         """
         if self.tokenizer is None:
             raise ArgumentError(f"{self.source or 'model'}: has no tokenizer; pass token ids or a Batch instead of text")
-        if padding not in ("left", "right"):
-            raise ArgumentError(f"padding: expected 'left' or 'right', found {padding!r}")
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ArgumentError("texts: expected a non-empty string or list of strings")
@@ -124,14 +125,28 @@ class Model:
                 self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
                 for t in texts
             ]
-        ids = [self.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-        if min(len(i) for i in ids) == 0:
+        return self.pack([self.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts], padding=padding)
+
+    def pack(self, rows: Sequence[Sequence[int]], *, padding: str = "right", segments: Sequence[Sequence[int]] | None = None,
+             pixels: Any = None) -> Batch:
+        """Rows of token ids of different lengths as one padded `Batch` (with per-token segment ids and pixels)."""
+        if padding not in ("left", "right"):
+            raise ArgumentError(f"padding: expected 'left' or 'right', found {padding!r}")
+        if min(len(row) for row in rows) == 0:
             raise ArgumentError("texts: an empty string has no tokens to run")
-        width = max(len(i) for i in ids)
-        pad = self.pad_token_id
-        rows = [[pad] * (width - len(i)) + i if padding == "left" else i + [pad] * (width - len(i)) for i in ids]
-        mask = [[0] * (width - len(i)) + [1] * len(i) if padding == "left" else [1] * len(i) + [0] * (width - len(i)) for i in ids]
-        return make_batch(np.array(rows, np.int32), np.array(mask, bool))
+        width = max(len(row) for row in rows)
+        segments = segments or [[segment_id("prompt")] * len(row) for row in rows]
+
+        def padded(row, fill):
+            extra = [fill] * (width - len(row))
+            return extra + list(row) if padding == "left" else list(row) + extra
+
+        return make_batch(
+            np.array([padded(row, self.pad_token_id) for row in rows], np.int32),
+            np.array([padded([True] * len(row), False) for row in rows], bool),
+            segments=np.array([padded(seg, segment_id("pad")) for seg in segments], np.int32),
+            pixels=pixels,
+        )
 
     @property
     def pad_token_id(self) -> int:

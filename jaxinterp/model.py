@@ -92,10 +92,9 @@ class Model:
     def __repr__(self) -> str:
         cfg = self.config
         dtype = jax.tree.leaves(self.params)[0].dtype
-        return (
-            f"Model({self.source or cfg.family}: {cfg.num_layers} layers, {cfg.num_heads} heads, "
-            f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size}, {dtype})"
-        )
+        vocab = f", vocab {cfg.vocab_size}" if hasattr(cfg, "vocab_size") else ""
+        return (f"Model({self.source or cfg.family}: {cfg.family}, {cfg.num_layers} layers, {cfg.num_heads} heads, "
+                f"hidden {cfg.hidden_size}{vocab}, {dtype})")
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -195,9 +194,15 @@ class Model:
         leaves, structure = jax.tree.flatten(batch)
         key = (structure, tuple(x.shape for x in leaves))
         if key not in self._site_shape_cache:
-            self._site_shape_cache[key] = dict(jax.eval_shape(
-                lambda p, b: models.forward(self.config, p, b, record_all=True)[1], self.params, batch
-            ))
+            order = []  # the forward's order: eval_shape hands dicts back with sorted keys
+
+            def shapes(params, batch):
+                captured = models.forward(self.config, params, batch, record_all=True)[1]
+                order.extend(captured)
+                return captured
+
+            found = jax.eval_shape(shapes, self.params, batch)
+            self._site_shape_cache[key] = {name: found[name] for name in order}
         return self._site_shape_cache[key]
 
     def resolve_capture(self, capture: str | Sequence[str]) -> tuple[str, ...]:

@@ -54,3 +54,11 @@ def test_same_sites_in_every_family(family):
         assert {"embed", "final_norm", "logits"} <= set(model.sites)
         run = model.run(ji.models.example_batch(config), capture="blocks.*.attn.probs")
         assert len(run.captured) == 2
+
+
+def test_sites_are_listed_in_forward_order():
+    model = ji.Model(LLAMA, init_params(LLAMA, jax.random.key(0)))
+    sites = list(model.sites)
+    assert sites[0] == "embed" and sites[-1] == "logits"
+    assert sites.index("blocks.0.resid_post") < sites.index("blocks.1.resid_pre") < sites.index("final_norm")
+    assert sites.index("blocks.0.attn.q") < sites.index("blocks.0.attn.scores") < sites.index("blocks.0.attn.probs")

@@ -24,3 +24,7 @@ class SiteError(JaxinterpError):
 
 class ArgumentError(JaxinterpError, ValueError):
     """A public function got an argument outside its documented range."""
+
+
+class NonFiniteError(JaxinterpError, FloatingPointError):
+    """A forward (or gradient) produced NaN or infinity; the message names the first site."""

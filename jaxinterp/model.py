@@ -20,7 +20,7 @@ from flax import struct
 
 from jaxinterp import models
 from jaxinterp.edits import Edit, compose
-from jaxinterp.errors import ArgumentError
+from jaxinterp.errors import ArgumentError, NonFiniteError
 from jaxinterp.generate import Generation, Labeler, decode_loop, run_generation
 from jaxinterp.models import Batch, make_batch
 from jaxinterp.models.sites import resolve, segment_id
@@ -38,21 +38,25 @@ class Run:
     hidden: Array
     captured: dict[str, Array]
     batch: Batch
+    finite: dict[str, Array] | None = None
 
     def __getitem__(self, site: str) -> Array:
         return self.captured[site]
 
 
-def _run_forward(config, params, batch, edits, deltas, capture):
-    output, captured = models.forward(config, params, batch, edits=edits, deltas=deltas, capture=capture)
-    return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch)
+def _run_forward(config, params, batch, edits, deltas, capture, check_finite=False):
+    output, captured = models.forward(config, params, batch, edits=edits, deltas=deltas, capture=capture,
+                                      check_finite=check_finite)
+    return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch, finite=output.finite)
 
 
-def _value_and_grad(config, params, batch, edits, deltas, capture, fn):
+def _value_and_grad(config, params, batch, edits, deltas, capture, fn, check_finite=False):
     def objective(deltas):
-        return fn(_run_forward(config, params, batch, edits, deltas, capture))
+        run = _run_forward(config, params, batch, edits, deltas, capture, check_finite)
+        return fn(run), run.finite
 
-    return jax.value_and_grad(objective)(deltas)
+    (value, finite), grads = jax.value_and_grad(objective, has_aux=True)(deltas)
+    return value, grads, finite
 
 
 class Model:
@@ -81,8 +85,9 @@ class Model:
         self._load_tokenizer = load_tokenizer
         self.source = source
         self.placement: Callable[[Any], Any] | None = None  # set by `jaxinterp.shard`
-        self._forward = jax.jit(functools.partial(_run_forward, config), static_argnames=("capture",))
-        self._grad = jax.jit(functools.partial(_value_and_grad, config), static_argnames=("capture", "fn"))
+        self._forward = jax.jit(functools.partial(_run_forward, config), static_argnames=("capture", "check_finite"))
+        self._grad = jax.jit(functools.partial(_value_and_grad, config),
+                             static_argnames=("capture", "fn", "check_finite"))
         self._decode = jax.jit(
             functools.partial(decode_loop, config),
             static_argnames=("max_new_tokens", "cache_size", "sampling", "capture", "streaming"),
@@ -228,6 +233,7 @@ class Model:
         capture: Sequence[str] = (),
         edits: Edit | Sequence[Edit] | None = (),
         deltas: Mapping[str, Array] | None = None,
+        check_finite: bool = False,
     ) -> Run:
         """Runs the model, returning logits and the activations at the sites matching `capture`.
 
@@ -236,11 +242,24 @@ class Model:
           capture: site patterns (globs such as `blocks.*.attn.probs`) to record.
           edits: one edit or a sequence, applied in order.
           deltas: site name -> array added at that site.
+          check_finite: raise `NonFiniteError` naming the first site (in forward order) whose
+            values hold a NaN or an infinity.
         """
         names = self.resolve_capture(capture)
         if deltas:
             resolve(deltas, self.sites, argument="deltas")
-        return self._forward(self.params, self.batch(inputs), self._edits(edits), deltas, capture=names)
+        batch = self.batch(inputs)
+        run = self._forward(self.params, batch, self._edits(edits), deltas, capture=names, check_finite=check_finite)
+        if check_finite:
+            self._check_finite(run.finite, batch, "forward")
+        return run
+
+    def _check_finite(self, finite: Mapping[str, Array], batch: Batch, what: str) -> None:
+        """Raises NonFiniteError naming the first site, in forward order, flagged non-finite."""
+        bad = [name for name in self.site_shapes(batch) if name in finite and not bool(finite[name])]
+        if bad:
+            raise NonFiniteError(f"{what}: NaN or infinity first appears at site {bad[0]!r} "
+                                 f"({len(bad)} site(s) affected)")
 
     def grad(
         self,
@@ -250,13 +269,16 @@ class Model:
         wrt: Sequence[str],
         edits: Edit | Sequence[Edit] | None = (),
         capture: Sequence[str] = (),
+        check_finite: bool = False,
     ) -> tuple[Array, dict[str, Array]]:
         """Value and gradient of a scalar `fn(run)` with respect to the activations at `wrt`.
 
         `fn` receives the `Run` of the forward (logits, and the sites named in `capture`)
         and must return a scalar. The gradient at site s is d fn / d activation(s), taken
         through the rest of the forward; returned as {site name: array shaped like the site}.
-        Pass the same `fn` object again to reuse the compiled program.
+        Pass the same `fn` object again to reuse the compiled program. `check_finite` raises
+        `NonFiniteError` naming the first site whose forward values, or the first `wrt` site
+        whose gradient, hold a NaN or an infinity.
         """
         wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
         names = resolve(wrt, self.sites, argument="wrt")
@@ -264,7 +286,12 @@ class Model:
         batch, edits = self.batch(inputs), self._edits(edits)
         shapes = self.site_shapes(batch)
         zeros = {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
-        return self._grad(self.params, batch, edits, zeros, capture=capture, fn=fn)
+        value, grads, finite = self._grad(self.params, batch, edits, zeros, capture=capture, fn=fn,
+                                          check_finite=check_finite)
+        if check_finite:
+            self._check_finite(finite, batch, "forward")
+            self._check_finite({name: jnp.all(jnp.isfinite(g)) for name, g in grads.items()}, batch, "gradient")
+        return value, grads
 
     def generate(
         self,

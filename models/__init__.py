@@ -59,11 +59,13 @@ def forward(
     cache: KVCache | None = None,
     decoding: bool = False,
     record_all: bool = False,
+    check_finite: bool = False,
 ) -> tuple[Output, dict[str, Array]]:
     """Runs a model of any family through its sites (see the module docstring)."""
-    tap = Tap(edits=tuple(edits), deltas=deltas, capture=tuple(capture), record_all=record_all)
+    tap = Tap(edits=tuple(edits), deltas=deltas, capture=tuple(capture), record_all=record_all,
+              check_finite=check_finite)
     output = config.module().apply({"params": params}, batch, tap, cache, decoding)
-    return output, tap.captured
+    return (output.replace(finite=tap.finite) if check_finite else output), tap.captured
 
 
 def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json") -> Any:

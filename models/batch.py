@@ -110,11 +110,13 @@ class Output:
       logits: [B, T, V] float32 (None for encoder-only models such as vision towers).
       hidden: [B, T, D] the last hidden states after the final normalisation.
       cache: the updated cache (None without one).
+      finite: with `check_finite`, site name -> whether every value there was finite.
     """
 
     logits: Array | None
     hidden: Array
     cache: "KVCache | None" = None
+    finite: dict[str, Array] | None = None
 
 
 @struct.dataclass

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 
 from jaxinterp.errors import SiteError
 
@@ -136,7 +137,8 @@ class EditLike(Protocol):
 class Tap:
     """Trace-time router of one forward pass (see the module docstring).
 
-    `capture` holds glob patterns; `captured` fills up as the forward runs. When `record_all`
+    `capture` holds glob patterns; `captured` fills up as the forward runs. With `check_finite`,
+    `finite[name]` records whether every value at each site is finite. When `record_all`
     is set every site is recorded: used once per model to list sites and their shapes.
     """
 
@@ -144,7 +146,9 @@ class Tap:
     deltas: Mapping[str, Array] | None = None
     capture: Sequence[str] = ()
     record_all: bool = False
+    check_finite: bool = False
     captured: dict[str, Array] = dataclasses.field(default_factory=dict)
+    finite: dict[str, Array] = dataclasses.field(default_factory=dict)
 
     def __call__(self, name: str, x: Array, ctx: Context) -> Array:
         for edit in self.edits:
@@ -161,4 +165,6 @@ class Tap:
             x = x + self.deltas[name].astype(x.dtype)
         if self.record_all or any(matches(pattern, name) for pattern in self.capture):
             self.captured[name] = x
+        if self.check_finite:
+            self.finite[name] = jnp.all(jnp.isfinite(x))
         return x

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import jax
+import numpy as np
 import pytest
 
 import jaxinterp as ji
@@ -62,3 +63,14 @@ def test_sites_are_listed_in_forward_order():
     assert sites[0] == "embed" and sites[-1] == "logits"
     assert sites.index("blocks.0.resid_post") < sites.index("blocks.1.resid_pre") < sites.index("final_norm")
     assert sites.index("blocks.0.attn.q") < sites.index("blocks.0.attn.scores") < sites.index("blocks.0.attn.probs")
+
+
+def test_check_finite_names_the_first_bad_site():
+    model = ji.Model(LLAMA, init_params(LLAMA, jax.random.key(0)))
+    poison = ji.FunctionEdit(patterns=("blocks.1.mlp.act",), fn=lambda x, ctx, _: x.at[0, 0, 0].set(jax.numpy.nan))
+    tokens = np.arange(6, dtype=np.int32)[None]
+    assert model.run(tokens, check_finite=True).logits.shape == (1, 6, 32)
+    with pytest.raises(ji.NonFiniteError, match="'blocks.1.mlp.act'"):
+        model.run(tokens, edits=poison, check_finite=True)
+    with pytest.raises(ji.NonFiniteError, match="'blocks.1.mlp.act'"):
+        model.grad(lambda r: r.logits.sum(), tokens, wrt="blocks.0.resid_post", edits=poison, check_finite=True)

@@ -130,7 +130,7 @@ def thoughts_forward(config: Any, params: Any, prompt: Batch, slots: Array, proj
         return z.at[:, j].set(h)
 
     z = jnp.zeros((batch, k, config.hidden_size), jnp.float32)
-    return jax.lax.fori_loop(0, k, step, z)
+    return jax.lax.fori_loop(0, k, step, z) if k else z
 
 
 _thoughts = jax.jit(thoughts_forward, static_argnums=(0,))

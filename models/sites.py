@@ -11,7 +11,8 @@ that a site nobody asked about costs nothing in the compiled program:
 3. records the value when a capture pattern matches `name`.
 
 Patterns are shell-style globs (`blocks.*.attn.probs`, `blocks.1?.resid_post`); `*`
-also crosses dots.
+also crosses dots. TransformerLens hook names (`blocks.3.hook_resid_post`,
+`blocks.*.attn.hook_pattern`) are accepted too (see `hook_names.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.errors import SiteError
+from jaxinterp.models.hook_names import translate
 
 Array = jax.Array
 
@@ -46,8 +48,9 @@ def segment_id(name: str) -> int:
 
 @functools.lru_cache(maxsize=65536)
 def matches(pattern: str, name: str) -> bool:
-    """Whether a site name matches a glob pattern (cached: called at every tap during tracing)."""
-    return fnmatch.fnmatchcase(name, pattern)
+    """Whether a site name matches a glob pattern, which may use TransformerLens hook names
+    (cached: called at every tap during tracing)."""
+    return fnmatch.fnmatchcase(name, translate(pattern))
 
 
 def resolve(patterns: Iterable[str], site_names: Sequence[str], *, argument: str) -> tuple[str, ...]:

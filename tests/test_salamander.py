@@ -137,5 +137,18 @@ def test_masked_coalitions_equal_the_forward_of_the_deleted_text():
             ids = np.array([tokenizer(text + f"Q: {question}\nA: The answer is {gold}")["input_ids"]], np.int32)
             np.testing.assert_array_equal(np.asarray(batch.tokens[0])[kept], ids[0])
             np.testing.assert_allclose(np.asarray(model(batch)[0])[kept], np.asarray(model(ids)[0]), atol=1e-5)
-    values = sl.coalition_values(model, game, np.array([[True, True], [False, False]]), confidence="logit", chunk_size=4)
-    assert values.shape == (2, 2)
+    # several games attributed in one sweep give what each game's own exact enumeration gives; the gold
+    # answers are the model's own greedy next tokens, so that some coalitions are correct (v != 0)
+    games = []
+    for text in (demo, "Q: w\nA: 4 - 1 = 3. 3 + 3 = 6. 6 - 2 = 4.\n"):
+        prompts = [text + f"Q: {q}\nA: The answer is" for q, _ in tests]
+        greedy = [chr(int(np.argmax(np.asarray(model(np.array([tokenizer(p)["input_ids"]], np.int32)))[0, -1])) + 64)
+                  for p in prompts]
+        games.append(sl.build_game(tokenizer, text, [(q, g) for (q, _), g in zip(tests, greedy)], answer="{answer}")[0])
+    pooled = sl.attribute(model, games, estimator="exact", confidence="logit", chunk_size=4)
+    for g, attribution in zip(games, pooled):
+        memo = shapley.Memo(lambda m, g=g: sl.coalition_values(model, g, m, confidence="logit", chunk_size=4))
+        np.testing.assert_allclose(attribution.phi, shapley.exact(memo, g.n), atol=1e-5)
+        assert np.all(memo(np.ones((1, g.n), bool)) != 0)
+        assert attribution.evaluations == 2**g.n
+    assert [g.n for g in games] == [2, 3]

@@ -143,25 +143,49 @@ def coalition_batch(game: Game, problem: Array | int, coalition: Array) -> Batch
     return make_batch(game.tokens[problem][None], kept[None], positions=jnp.maximum(jnp.cumsum(kept) - 1, 0)[None])
 
 
-def coalition_values(model, game: Game, coalitions: np.ndarray, *, confidence: str = "probability",
-                     chunk_size: int = 16, progress: bool = False) -> np.ndarray:
-    """v(S) of each coalition [M, n] (bool) on each test problem: [M, P], as one sweep over M x P rows."""
+def row_values(model, game: Game, problems: np.ndarray, coalitions: np.ndarray, *, confidence: str = "probability",
+               chunk_size: int = 16, progress: bool = False) -> np.ndarray:
+    """v of R (test problem, coalition) rows: problems [R] int, coalitions [R, n] bool -> [R], as ONE
+    sweep (a vmapped forward over chunks of rows; one compiled program)."""
     if confidence not in CONFIDENCES:
         raise ArgumentError(f"confidence: expected one of {CONFIDENCES}, found {confidence!r}")
     coalitions = np.asarray(coalitions, bool)
-    if coalitions.ndim != 2 or coalitions.shape[1] != game.n:
-        raise ArgumentError(f"coalitions: expected a [M, {game.n}] boolean array, found shape {coalitions.shape}")
-    problems = game.tokens.shape[0]
-    rows = {"coalition": np.repeat(coalitions, problems, axis=0),
-            "problem": np.tile(np.arange(problems), len(coalitions)).astype(np.int32)}
+    if coalitions.ndim != 2 or coalitions.shape[1] != game.n or len(coalitions) != len(problems):
+        raise ArgumentError(f"coalitions: expected a [{len(problems)}, {game.n}] boolean array, found shape {coalitions.shape}")
 
     def value(game, row):
         p = row["problem"]
         logits = model(coalition_batch(game, p, row["coalition"]))[0]
         return answer_value(logits, game.answer_positions[p], game.answer_tokens[p], game.answer_mask[p], confidence)
 
-    values = sweep(value, game, rows, chunk_size=chunk_size, progress=progress)
-    return np.asarray(values, np.float64).reshape(len(coalitions), problems)
+    rows = {"coalition": coalitions, "problem": np.asarray(problems, np.int32)}
+    return np.asarray(sweep(value, game, rows, chunk_size=chunk_size, progress=progress), np.float64)
+
+
+def coalition_values(model, game: Game, coalitions: np.ndarray, **options) -> np.ndarray:
+    """v(S) of each coalition [M, n] (bool) on each of the P test problems: [M, P] (`row_values` options)."""
+    coalitions = np.asarray(coalitions, bool)
+    problems = game.tokens.shape[0]
+    values = row_values(model, game, np.tile(np.arange(problems), len(coalitions)),
+                        np.repeat(coalitions, problems, axis=0), **options)
+    return values.reshape(len(coalitions), problems)
+
+
+def merge_games(games: Sequence[Game]) -> tuple[Game, list[int]]:
+    """One game holding the rows of several (padded to a common width and n): (game, row offset of each)."""
+    width = max(g.tokens.shape[1] for g in games)
+    answers = max(g.answer_tokens.shape[1] for g in games)
+    widen = lambda x, size, value: jnp.pad(x, ((0, 0), (0, size - x.shape[1])), constant_values=value)  # noqa: E731
+    merged = Game(
+        tokens=jnp.concatenate([widen(g.tokens, width, 0) for g in games]),
+        mask=jnp.concatenate([widen(g.mask, width, False) for g in games]),
+        players=jnp.concatenate([widen(g.players, width, -1) for g in games]),
+        answer_positions=jnp.concatenate([jnp.pad(g.answer_positions, ((0, 0), (0, answers - g.answer_positions.shape[1])), mode="edge") for g in games]),
+        answer_tokens=jnp.concatenate([jnp.pad(g.answer_tokens, ((0, 0), (0, answers - g.answer_tokens.shape[1])), mode="edge") for g in games]),
+        answer_mask=jnp.concatenate([widen(g.answer_mask, answers, False) for g in games]),
+        n=max(g.n for g in games),
+    )
+    return merged, list(np.cumsum([0] + [g.tokens.shape[0] for g in games[:-1]]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -208,13 +232,35 @@ class Attribution:
         return {**out, "ssv": ssv(self.phibar), "noe": noe(self.phibar)}
 
 
-def attribute(model, game: Game, *, estimator: str = "salama", confidence: str = "probability",
-              chunk_size: int = 16, **options) -> Attribution:
-    """Shapley values of the expressions of `game` with one of `shapley.ESTIMATORS` (SalaMA by
-    default; `options` such as m, seed, permutations, samples go to the estimator), every
-    distinct coalition scored once on all test problems."""
+def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama", confidence: str = "probability",
+              chunk_size: int = 16, progress: bool = False, **options) -> Attribution | list[Attribution]:
+    """Shapley values of the expressions of one game (or of each of several) with one of
+    `shapley.ESTIMATORS` (SalaMA by default; `options` such as m, seed, permutations, samples go to
+    the estimator). The coalitions every estimator asks for are gathered first (estimators are
+    deterministic given their seed), then every distinct (game, coalition, problem) row is scored
+    in one `row_values` sweep, and the estimators re-run on the memo tables."""
     if estimator not in shapley.ESTIMATORS:
         raise ArgumentError(f"estimator: expected one of {sorted(shapley.ESTIMATORS)}, found {estimator!r}")
-    memo = shapley.Memo(lambda masks: coalition_values(model, game, masks, confidence=confidence, chunk_size=chunk_size))
-    phi = shapley.ESTIMATORS[estimator](memo, game.n, **options)
-    return Attribution(phi=phi, evaluations=memo.evaluations)
+    single = isinstance(games, Game)
+    games = [games] if single else list(games)
+    wanted = []
+    for game in games:
+        asked = shapley.Memo(lambda masks, p=game.tokens.shape[0]: np.zeros((len(masks), p)))
+        shapley.ESTIMATORS[estimator](asked, game.n, **options)
+        wanted.append(np.stack([np.frombuffer(key, bool) for key in asked.table]))
+    merged, offsets = merge_games(games)
+    problems, coalitions = [], []
+    for game, offset, masks in zip(games, offsets, wanted):
+        count = game.tokens.shape[0]
+        problems.append(offset + np.tile(np.arange(count), len(masks)))
+        coalitions.append(np.pad(np.repeat(masks, count, axis=0), ((0, 0), (0, merged.n - game.n))))
+    values = row_values(model, merged, np.concatenate(problems), np.concatenate(coalitions), confidence=confidence,
+                        chunk_size=chunk_size, progress=progress)
+    results, start = [], 0
+    for game, masks in zip(games, wanted):
+        count = game.tokens.shape[0]
+        table = values[start:start + len(masks) * count].reshape(len(masks), count)
+        start += len(masks) * count
+        memo = shapley.Memo(None, {m.tobytes(): v for m, v in zip(masks, table)})
+        results.append(Attribution(phi=shapley.ESTIMATORS[estimator](memo, game.n, **options), evaluations=len(masks)))
+    return results[0] if single else results

@@ -29,11 +29,14 @@ MAX_EXACT = 12
 
 
 class Memo:
-    """`value` with a memo table: each distinct coalition is evaluated once, new ones in one batch."""
+    """`value` with a memo table: each distinct coalition is evaluated once, new ones in one batch.
 
-    def __init__(self, value: ValueFn):
+    `table` pre-fills it ({mask.tobytes(): value}); with `value` None only pre-filled coalitions answer.
+    """
+
+    def __init__(self, value: ValueFn | None, table: dict[bytes, np.ndarray] | None = None):
         self.value = value
-        self.table: dict[bytes, np.ndarray] = {}
+        self.table: dict[bytes, np.ndarray] = dict(table or {})
 
     @property
     def evaluations(self) -> int:
@@ -43,6 +46,8 @@ class Memo:
         masks = np.asarray(masks, bool)
         keys = [row.tobytes() for row in masks]
         new = {k: row for k, row in zip(keys, masks) if k not in self.table}
+        if new and self.value is None:
+            raise ArgumentError(f"masks: {len(new)} coalitions are not in the memo table and no value function was given")
         if new:
             values = np.asarray(self.value(np.stack(list(new.values()))))
             self.table.update(zip(new, values))

@@ -72,11 +72,6 @@ def word_vectors(embedding: np.ndarray, words: list[list[list[int]]]) -> jnp.nda
     return jnp.asarray(np.stack([np.mean([embedding[w].mean(0) for w in ws], 0) for ws in words]))
 
 
-def restricted(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Labels with classes outside `classes` set to an id no episode samples (count 0)."""
-    return np.where(np.isin(labels, classes), labels, len(np.unique(labels)))
-
-
 def confidence(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "ci95": float(1.96 * values.std(ddof=1) / math.sqrt(len(values))),
             "episodes": int(len(values))}
@@ -105,28 +100,31 @@ def main() -> None:
     tokens, mask, labels, modules, words, split = dataset(model.tokenizer, model.pad_token_id, args.max_tokens, args.seed)
     model_config, params = truncated(model, args.layers)
     embedding = params.pop("embed")
-    vectors = word_vectors(np.asarray(embedding), words)
     template = model.tokenizer(TEMPLATE, add_special_tokens=False)["input_ids"]
     meta_params = {"prompt": embedding[jnp.asarray(template)], "encoder": params}
-    tables = {name: pbml.class_table(restricted(labels, classes), len(modules) + 1) for name, classes in split.items()}
-    for table in tables.values():
-        pbml.check_classes(table[1], config)
-    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    # frozen arrays travel as arguments of the jitted functions, never as closed-over constants
+    data = {"embedding": embedding, "tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask),
+            "vectors": word_vectors(np.asarray(embedding), words)}
+    table, counts = pbml.class_table(labels, len(modules))
+    tables = {name: (table, jnp.where(jnp.isin(jnp.arange(len(modules)), classes), counts, 0)) for name, classes in split.items()}
+    for _, split_counts in tables.values():
+        pbml.check_classes(split_counts, config)
 
     def episodes(name, key, count):
         return jax.vmap(lambda k: pbml.sample_episode(k, *tables[name], config))(jax.random.split(key, count))
 
-    def metrics(meta, batch, cfg=config, key=None):
-        return pbml.episode_metrics(meta, model_config, embedding, tokens, mask, vectors, batch, cfg, key)
+    def metrics(meta, data, batch, cfg=config, key=None):
+        return pbml.episode_metrics(meta, model_config, data["embedding"], data["tokens"], data["mask"], data["vectors"],
+                                    batch, cfg, key)
 
-    evaluate = jax.jit(lambda meta, batch: metrics(meta, batch)[1])
-    zero_shot = jax.jit(lambda meta, batch: metrics(meta, batch, dataclasses.replace(config, inner_steps=0))[1])
+    evaluate = jax.jit(lambda meta, data, batch: metrics(meta, data, batch)[1])
+    zero_shot = jax.jit(lambda meta, data, batch: metrics(meta, data, batch, dataclasses.replace(config, inner_steps=0))[1])
 
     @jax.jit
-    def prototypes(meta, batch):
-        index = jnp.concatenate([batch.support, batch.query], 2)
-        h = pbml.encode(model_config, meta["encoder"], embedding, meta["prompt"], tokens[index.reshape(-1)], mask[index.reshape(-1)])
-        h = h.reshape(*index.shape, -1)
+    def prototypes(meta, data, batch):
+        index = jnp.concatenate([batch.support, batch.query], 2).reshape(-1)
+        h = pbml.encode(model_config, meta["encoder"], data["embedding"], meta["prompt"], data["tokens"][index], data["mask"][index])
+        h = h.reshape(*batch.support.shape[:2], -1, h.shape[-1])
         h = h / jnp.linalg.norm(h, axis=-1, keepdims=True)
         centres = h[:, :, :config.shots].mean(2)
         scores = jnp.einsum("bnqh,bch->bnqc", h[:, :, config.shots:], centres)
@@ -134,19 +132,20 @@ def main() -> None:
 
     def accuracy(fn, meta, name, key, count, chunk=10):
         batch = episodes(name, key, count)
-        parts = [fn(meta, jax.tree.map(lambda x: x[i:i + chunk], batch)) for i in tqdm(range(0, count, chunk), desc=f"{name} episodes", leave=False)]
+        parts = [fn(meta, data, jax.tree.map(lambda x: x[i:i + chunk], batch))
+                 for i in tqdm(range(0, count, chunk), desc=f"{name} episodes", leave=False)]
         return np.concatenate([np.asarray(p) for p in parts])
 
     optimizer = pbml.meta_optimizer(args.meta_lr, args.meta_steps, max(1, args.meta_steps // 10), weight_decay=0.01)
     state = optimizer.init(meta_params)
 
     @jax.jit
-    def meta_step(meta, state, key):
+    def meta_step(meta, state, data, key):
         episode_key, dropout_key = jax.random.split(key)
         batch = jax.vmap(lambda k: pbml.sample_episode(k, *tables["train"], config))(jax.random.split(episode_key, args.meta_batch))
-        (loss, acc), grads = jax.value_and_grad(lambda m: tuple(x.mean() for x in metrics(m, batch, key=dropout_key)), has_aux=True)(meta)
+        loss, grads = jax.value_and_grad(lambda m: metrics(m, data, batch, key=dropout_key)[0].mean())(meta)
         updates, state = optimizer.update(grads, state, meta)
-        return optax.apply_updates(meta, updates), state, loss, acc
+        return optax.apply_updates(meta, updates), state, loss
 
     valid_key, test_key, train_key = jax.random.split(jax.random.key(args.seed), 3)
     initial = meta_params
@@ -163,7 +162,7 @@ def main() -> None:
             if valid > best[0]:
                 best = (valid, meta_params)
         if step < args.meta_steps:
-            meta_params, state, loss, _ = meta_step(meta_params, state, jax.random.fold_in(train_key, step))
+            meta_params, state, loss = meta_step(meta_params, state, data, jax.random.fold_in(train_key, step))
             losses.append(float(loss))
 
     test = {

@@ -6,7 +6,7 @@ The candidate pool is the feature choice inside one model (the survey ranks mode
 model's layers and poolings are the pool we can afford on a CPU): SmolLM2-135M-Instruct's
 residual stream after every `--layer-step`-th block, pooled over the text's tokens as the
 first token, the mean, or the last token. For each BIG-bench multiple-choice task with a
-fixed label set, a seeded stratified subsample is split 60/40: every transferability
+fixed label set, a seeded stratified subsample (at most `--examples`) is split 60/40: every transferability
 estimator scores each candidate from the 60% part alone; the ground truth is the held-out
 accuracy of a logistic-regression probe (optax) trained on that same part. Agreement is the
 rank correlation between estimator scores and probe accuracy across candidates (weighted
@@ -70,8 +70,8 @@ def probe_accuracies(train: jnp.ndarray, train_labels: jnp.ndarray, test: jnp.nd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
-    parser.add_argument("--examples", type=int, default=400, help="subsample size per task (before the split)")
-    parser.add_argument("--layer-step", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=600, help="subsample size per task (before the split)")
+    parser.add_argument("--layer-step", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/transferability_bigbench")
@@ -91,11 +91,17 @@ def main() -> None:
         chosen = np.concatenate([train, test])
         features = pooled_features(model, [texts[i] for i in chosen], sites=sites, max_tokens=args.max_tokens)
         stack = np.stack([features[c] for c in candidates])  # [M, N, D]
-        stack_train, stack_test = stack[:, : len(train)], stack[:, len(train):]
+        # A candidate whose feature is the same for every text (e.g. the first token when every
+        # input starts with the same word) has no defined score; it is reported and left out.
+        constant = [bool(np.allclose(f, f[0])) for f in stack]
+        kept = [i for i, c in enumerate(constant) if not c]
+        stack_train, stack_test = stack[kept, : len(train)], stack[kept, len(train):]
         y_train, y_test = labels[train], labels[test]
         truth = np.asarray(probe_accuracies(jnp.asarray(stack_train), jnp.asarray(y_train), jnp.asarray(stack_test),
                                             jnp.asarray(y_test), num_classes=len(classes)))
-        task = {"classes": list(classes), "train": len(train), "test": len(test), "probe_accuracy": truth,
+        task = {"classes": list(classes), "train": len(train), "test": len(test),
+                "constant_candidates": [results["candidates"][i] for i, c in enumerate(constant) if c],
+                "kept_candidates": [results["candidates"][i] for i in kept], "probe_accuracy": truth,
                 "scores": {}, "seconds": {}, "correlations": {}}
         for estimator_name, estimator in tqdm(tr.ESTIMATORS.items(), desc=f"{name}: estimators"):
             started = time.perf_counter()
@@ -113,15 +119,16 @@ def main() -> None:
                 for metric, fn in CORRELATIONS.items()
             }
         best = int(np.argmax(truth))
-        task["best_candidate"] = results["candidates"][best]
-        task["top1_by_estimator"] = {n: results["candidates"][int(np.argmax(s))] for n, s in task["scores"].items()}
+        task["best_candidate"] = task["kept_candidates"][best]
+        task["top1_by_estimator"] = {n: task["kept_candidates"][int(np.argmax(s))] for n, s in task["scores"].items()}
         results["tasks"][name] = task
         print(f"{name}: best probe {truth[best]:.3f} at {task['best_candidate']}; weighted tau: "
               + ", ".join(f"{n} {c['weighted_tau']:+.2f}" for n, c in task["correlations"].items()))
     estimators = list(tr.ESTIMATORS)
-    results["mean_weighted_tau"] = {
-        n: float(np.nanmean([results["tasks"][t]["correlations"][n]["weighted_tau"] for t in args.tasks])) for n in estimators
-    }
+    results["mean_weighted_tau"] = {}  # over the tasks where the correlation is defined (scores not all equal)
+    for n in estimators:
+        taus = [results["tasks"][t]["correlations"][n]["weighted_tau"] for t in args.tasks]
+        results["mean_weighted_tau"][n] = float(np.mean([x for x in taus if np.isfinite(x)])) if any(np.isfinite(taus)) else None
     save_json(folder, results)
 
     matrix = np.array([[results["tasks"][t]["correlations"][n]["weighted_tau"] for t in args.tasks] for n in estimators])
@@ -136,9 +143,12 @@ def main() -> None:
     save_figure(fig, folder, "correlations.png")
     fig, axes = plt.subplots(1, len(args.tasks), figsize=(4 * len(args.tasks), 3.2), squeeze=False)
     for ax, name in zip(axes[0], args.tasks):
-        truth = np.asarray(results["tasks"][name]["probe_accuracy"]).reshape(len(layers), len(POOLINGS))
-        for j, pooling in enumerate(POOLINGS):
-            ax.plot(layers, truth[:, j], marker=".", label=pooling)
+        task = results["tasks"][name]
+        accuracy = dict(zip(task["kept_candidates"], task["probe_accuracy"]))
+        for pooling in POOLINGS:
+            points = [(i, accuracy[f"{site}/{pooling}"]) for i, site in zip(layers, sites) if f"{site}/{pooling}" in accuracy]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=pooling)
         ax.set(title=name, xlabel="block", ylabel="probe accuracy (held out)")
         ax.legend()
     save_figure(fig, folder, "probe_accuracy.png")

@@ -87,11 +87,26 @@ def _shrunk(cov: Array, shrinkage: Array) -> Array:
     return (1 - shrinkage) * cov + shrinkage * mu * jnp.eye(cov.shape[0], dtype=cov.dtype)
 
 
+def _spectrum(f: Array) -> tuple[Array, Array, Array]:
+    """Eigen-decomposition of f^T f [D, D] through the smaller Gram matrix: (lam [k], U [N, k],
+    V [D, k]) with f = U diag(sqrt(lam)) V^T, k = min(N, D), lam descending, lam >= 0.
+
+    Equivalent to a thin SVD (lam = singular values squared) at the cost of an eigh of
+    min(N, D) squared; directions with lam = 0 get zero vectors on the side that is derived.
+    """
+    n, d = f.shape
+    lam, vectors = jnp.linalg.eigh(f @ f.T if n < d else f.T @ f)
+    lam, vectors = jnp.maximum(lam[::-1], 0.0), vectors[:, ::-1]
+    root = jnp.sqrt(lam)
+    inverse = jnp.where(root > 0, 1.0 / jnp.where(root > 0, root, 1.0), 0.0)
+    derived = (f.T @ vectors if n < d else f @ vectors) * inverse
+    return (lam, vectors, derived) if n < d else (lam, derived, vectors)
+
+
 def _pca(f: Array, dims: int) -> tuple[Array, Array]:
     """Centred projection on the top `dims` principal axes [N, dims] and every axis's variance ratio."""
-    centred = f - f.mean(0)
-    _, s, vt = jnp.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:dims].T, s**2 / jnp.sum(s**2)
+    lam, u, _ = _spectrum(f - f.mean(0))
+    return u[:, :dims] * jnp.sqrt(lam[:dims]), lam / jnp.sum(lam)
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,11 +118,16 @@ def h_score(features: Array, labels: Array, *, num_classes: int, rcond: float = 
     """H-Score (Bao et al. 2019): tr(cov(f)^+ cov(g)), g_i the mean feature of sample i's class.
 
     Covariances are unbiased (np.cov); `rcond` is the relative pinv cut-off (1e-15 as in
-    tllib `hscore.py`; the original author code used 1e-10).
+    tllib `hscore.py`; the original author code used 1e-10). Computed on the eigenvectors V
+    of the centred f (cov(g) lies in their span): H = sum_k ||G V_k||^2 / lam_k over
+    lam_k > rcond lam_max, G the centred class-mean rows.
     """
-    means, _ = _class_means(features, labels, num_classes)
-    cov_f, cov_g = _cov(features, bias=False), _cov(means[labels], bias=False)
-    return jnp.trace(jnp.linalg.pinv(cov_f, rtol=rcond) @ cov_g)
+    f = features - features.mean(0)
+    means, _ = _class_means(f, labels, num_classes)
+    lam, _, v = _spectrum(f)
+    kept = lam > rcond * lam[0]
+    projected = jnp.sum((means[labels] @ v) ** 2, 0)
+    return jnp.sum(jnp.where(kept, projected / jnp.where(kept, lam, 1.0), 0.0))
 
 
 @_estimator()
@@ -116,23 +136,23 @@ def shrinkage_h_score(features: Array, labels: Array, *, num_classes: int, rcond
 
     Sigma_a = (1 - a) Sigma + a mu I, a = clip(beta / delta, 0, 1) in closed form;
     H_a = tr(Sigma_a^+ (1 - a) cov_g), cov_g = sum_c n_c m_c m_c^T / (N - 1) on centred
-    features (transformer-ranker `hscore.py`).
+    features (transformer-ranker `hscore.py`). Evaluated on the eigenvectors of Sigma, which
+    span cov_g, with the same relative pinv cut-off.
     """
     n, d = features.shape
     f = features - features.mean(0)
-    sigma = f.T @ f / n
+    lam, _, v = _spectrum(f)
     variances = jnp.sum(f**2, 0) / n
     mu = variances.sum() / d
-    squared = f**2
-    frobenius = jnp.sum(sigma**2)
-    beta = (jnp.sum(squared.T @ squared) / n - frobenius) / (d * n)
+    frobenius = jnp.sum(lam**2) / n**2  # ||Sigma||_F^2
+    beta = (jnp.sum(jnp.sum(f**2, 1) ** 2) / n - frobenius) / (d * n)  # sum((f^2)^T (f^2)) = sum_i ||f_i||^4
     delta = (frobenius - 2.0 * mu * variances.sum() + d * mu**2) / d
     alpha = jnp.clip(beta / delta, 0.0, 1.0)
-    sigma_alpha = (1 - alpha) * sigma + alpha * mu * jnp.eye(d, dtype=f.dtype)
+    shrunk = (1 - alpha) * lam / n + alpha * mu  # eigenvalues of Sigma_a on those eigenvectors
+    kept = shrunk > rcond * jnp.maximum(shrunk[0], alpha * mu)
     means, counts = _class_means(f, labels, num_classes)
-    weighted = means * jnp.sqrt(counts)[:, None]
-    cov_g = weighted.T @ weighted / (n - 1)
-    return jnp.trace(jnp.linalg.pinv(sigma_alpha, rtol=rcond) @ ((1 - alpha) * cov_g))
+    projected = jnp.sum((means * jnp.sqrt(counts)[:, None] @ v) ** 2, 0) / (n - 1)
+    return (1 - alpha) * jnp.sum(jnp.where(kept, projected / jnp.where(kept, shrunk, 1.0), 0.0))
 
 
 def _logme_evidence(u: Array, sigma: Array, valid: Array, y: Array, d: int, max_iterations: int, tol: float) -> Array:
@@ -174,14 +194,15 @@ def logme(features: Array, labels: Array, *, num_classes: int, max_iterations: i
     beta = (N-gamma)/(res2+1e-5) until |alpha/beta - t|/t <= tol (at most `max_iterations`),
     then evidence = D/2 log alpha + N/2 log beta - 1/2 sum log(alpha + beta sigma)
     - beta/2 res2 - alpha/2 m2 - N/2 log 2pi (thuml/LogME `LogME.py`). When N > D, singular
-    values <= 1e-10 are dropped, as the reference's truncated SVD does.
+    values <= 1e-10 are dropped, as the reference's truncated SVD does; when N <= D all N are
+    kept, zeros included, as its full SVD does.
     """
     n, d = features.shape
-    u, s, _ = jnp.linalg.svd(features, full_matrices=False)
-    valid = (s > 1e-10) if n > d else jnp.ones_like(s, bool)
+    sigma, u, _ = _spectrum(features)
+    valid = (jnp.sqrt(sigma) > 1e-10) if n > d else jnp.ones_like(sigma, bool)
     u = u * valid
     targets = jax.nn.one_hot(labels, num_classes, dtype=features.dtype).T
-    evidences = jax.vmap(lambda y: _logme_evidence(u, s**2, valid, y, d, max_iterations, tol))(targets)
+    evidences = jax.vmap(lambda y: _logme_evidence(u, sigma, valid, y, d, max_iterations, tol))(targets)
     return evidences.mean()
 
 
@@ -189,16 +210,25 @@ def logme(features: Array, labels: Array, *, num_classes: int, max_iterations: i
 def transrate(features: Array, labels: Array, *, num_classes: int, eps: float = 1e-4) -> Array:
     """TransRate (Huang et al., ICML 2022): R(f) - (1/C) sum_c R(f_c) on centred features,
     with the coding rate R(z) = 1/2 logdet(I + z^T z / (n eps)) (tllib `transrate.py`).
+
+    Evaluated as 1/2 logdet(I + z z^T / (n eps)) (Sylvester) when N < D, with class subsets as
+    masked rows, which add identity rows and leave the determinant unchanged.
     """
     f = features - features.mean(0)
-    eye = jnp.eye(f.shape[1], dtype=f.dtype)
+    n, d = f.shape
+    gram = f @ f.T if n < d else None
 
-    def rate(z: Array, n: Array) -> Array:
-        return 0.5 * jnp.linalg.slogdet(eye + z.T @ z / (n * eps))[1]
+    def rate(m: Array) -> Array:
+        if gram is None:
+            z = f * m[:, None]
+            inner = z.T @ z
+        else:
+            inner = gram * m[:, None] * m[None, :]
+        chol = jnp.linalg.cholesky(jnp.eye(inner.shape[0], dtype=f.dtype) + inner / (m.sum() * eps))
+        return jnp.sum(jnp.log(jnp.diagonal(chol)))
 
     onehot = jax.nn.one_hot(labels, num_classes, dtype=f.dtype)
-    per_class = jax.vmap(lambda m: rate(f * m[:, None], m.sum()))(onehot.T)
-    return rate(f, f.shape[0]) - per_class.mean()
+    return rate(jnp.ones(n, f.dtype)) - jax.vmap(rate)(onehot.T).mean()
 
 
 def _largest_eigenvalue(a: Array, iterations: int) -> Array:
@@ -372,25 +402,29 @@ def nce(source_probs: Array, labels: Array, *, num_classes: int) -> Array:
 
 
 def gmm_posteriors(z: Array, components: int, key: Array, *, kmeans_steps: int = 10, em_steps: int = 100,
-                   reg_covar: float = 1e-6) -> Array:
+                   tol: float = 1e-3, reg_covar: float = 1e-6) -> Array:
     """Posteriors [N, K] of a full-covariance Gaussian mixture fitted by EM.
 
-    Initialised like sklearn's default (k-means labels, here `kmeans_steps` Lloyd steps from
-    `components` random samples), then `em_steps` EM steps with `reg_covar` added to each
-    covariance diagonal (sklearn's default 1e-6).
+    As sklearn's GaussianMixture defaults: initial responsibilities from k-means labels (here
+    `kmeans_steps` Lloyd steps from `components` random samples), `reg_covar` added to each
+    covariance diagonal, EM until the mean log-likelihood gains less than `tol` or after
+    `em_steps` steps.
     """
     n, d = z.shape
     eye = jnp.eye(d, dtype=z.dtype)
 
+    def nearest(centres):
+        return jax.nn.one_hot(jnp.argmin(jnp.sum((z[:, None] - centres[None]) ** 2, -1), 1), components, dtype=z.dtype)
+
     def kmeans(_, centres):
-        assign = jax.nn.one_hot(jnp.argmin(jnp.sum((z[:, None] - centres[None]) ** 2, -1), 1), components, dtype=z.dtype)
+        assign = nearest(centres)
         counts = assign.sum(0)
         return jnp.where(counts[:, None] > 0, assign.T @ z / jnp.maximum(counts, 1)[:, None], centres)
 
     centres = jax.lax.fori_loop(0, kmeans_steps, kmeans, z[jax.random.choice(key, n, (components,), replace=False)])
-    resp = jax.nn.one_hot(jnp.argmin(jnp.sum((z[:, None] - centres[None]) ** 2, -1), 1), components, dtype=z.dtype)
 
-    def log_resp(resp):
+    def em_step(resp):
+        """M-step from responsibilities, then E-step: (new log-responsibilities, mean log-likelihood)."""
         counts = resp.sum(0) + 10 * jnp.finfo(z.dtype).eps
         means = resp.T @ z / counts[:, None]
         centred = z[None] - means[:, None]  # [K, N, d]
@@ -398,11 +432,21 @@ def gmm_posteriors(z: Array, components: int, key: Array, *, kmeans_steps: int =
         chol = jnp.linalg.cholesky(covs)
         solved = jax.scipy.linalg.solve_triangular(chol, jnp.swapaxes(centred, 1, 2), lower=True)  # [K, d, N]
         log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)), 1)
-        log_density = -0.5 * (jnp.sum(solved**2, 1) + log_det[:, None] + d * jnp.log(2 * jnp.pi))
-        return jax.nn.log_softmax(log_density.T + jnp.log(counts / n), axis=1)
+        joint = -0.5 * (jnp.sum(solved**2, 1) + log_det[:, None] + d * jnp.log(2 * jnp.pi)).T + jnp.log(counts / n)
+        norm = jax.nn.logsumexp(joint, axis=1, keepdims=True)
+        return joint - norm, norm.mean()
 
-    resp = jax.lax.fori_loop(0, em_steps, lambda _, r: jnp.exp(log_resp(r)), resp)
-    return jnp.exp(log_resp(resp))
+    def running(state):
+        _, likelihood, previous, step = state
+        return (step < em_steps) & (jnp.abs(likelihood - previous) >= tol)
+
+    def iterate(state):
+        log_resp, likelihood, _, step = state
+        return (*em_step(jnp.exp(log_resp)), likelihood, step + 1)
+
+    log_resp, likelihood = em_step(nearest(centres))
+    log_resp, *_ = jax.lax.while_loop(running, iterate, (log_resp, likelihood, likelihood - 2 * tol - 1.0, 1))
+    return jnp.exp(log_resp)
 
 
 @_estimator()

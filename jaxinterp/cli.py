@@ -1,19 +1,34 @@
-"""The `jaxinterp` command line.
+"""The `jaxinterp` command line: one entry point, subcommands that share their options.
 
-    jaxinterp demo [--prompt TEXT] [--out DIR]      the main job on the default model
-    jaxinterp convert SRC DST [--dtype bfloat16]    checkpoint -> orbax directory
+    jaxinterp demo                                    the main job on the default model
+    jaxinterp convert SRC DST                         checkpoint -> orbax directory
+    jaxinterp generate PROMPT [--edit NAME k=v ...]   generation under edits
+    jaxinterp capture TEXT --sites GLOB... --out F    activations to .safetensors / .npz
+    jaxinterp sites                                   every site with its shape
+    jaxinterp attention TEXT --out DIR                attention statistics and figures
+    jaxinterp experiment NAME [ARGS...]               run a script of experiments/
+    jaxinterp data bigbench TASK                      benchmark data via the package registry
 
-Errors print one line with the fix; `--debug` shows the traceback.
+Every subcommand takes `--model`, `--dtype`, `--seed` and `--out`. Errors print one line
+with the fix; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 EXAMPLES = {
-    "demo": "example: jaxinterp demo --prompt 'Why is the sky blue?' --out demo_out",
-    "convert": "example: jaxinterp convert path/to/hf_checkpoint converted/ --dtype bfloat16",
+    "demo": "jaxinterp demo --prompt 'Why is the sky blue?' --out demo_out",
+    "convert": "jaxinterp convert path/to/hf_checkpoint converted/ --dtype bfloat16",
+    "generate": "jaxinterp generate 'What is the capital of France?' --chat --edit scale_head layer=5 head=3 scale=0",
+    "capture": "jaxinterp capture 'The capital of France is' --sites 'blocks.*.attn.probs' --out acts.safetensors",
+    "sites": "jaxinterp sites --model smollm2",
+    "attention": "jaxinterp attention 'The capital of France is Paris.' --out attention_out",
+    "experiment": "jaxinterp experiment small_vlm --help",
+    "data": "jaxinterp data bigbench arithmetic --out arithmetic.jsonl",
 }
 
 
@@ -22,24 +37,169 @@ def _parser() -> argparse.ArgumentParser:
     shared.add_argument("--model", default="smollm2", help="built-in name, checkpoint path or converted directory")
     shared.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     shared.add_argument("--seed", type=int, default=0)
+    shared.add_argument("--out", default=None, help="output file or folder (see each command)")
     shared.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
     parser = argparse.ArgumentParser(prog="jaxinterp", description="Transformer models open to inspection and surgery in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[shared], help=help, description=help, epilog=EXAMPLES[name],
+        return commands.add_parser(name, parents=[shared], help=help, description=help, epilog=f"example: {EXAMPLES[name]}",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    demo = command("demo", "answer a chat prompt and map per-head attention entropy")
+    demo = command("demo", "answer a chat prompt and map per-head attention entropy (writes demo.png, demo.json)")
     demo.add_argument("--prompt", default=None, help="question to answer (default: What is the capital of France?)")
-    demo.add_argument("--out", default="jaxinterp-demo", help="output folder for demo.png and demo.json")
     demo.add_argument("--max-new-tokens", type=int, default=48)
 
     convert = command("convert", "convert a checkpoint (HF directory, .safetensors, .bin, .gguf) to an orbax directory")
     convert.add_argument("src")
     convert.add_argument("dst")
+
+    generate = command("generate", "generate text, optionally under named edits, streaming tokens")
+    generate.add_argument("prompt", nargs="+")
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--top-k", type=int, default=None)
+    generate.add_argument("--top-p", type=float, default=None)
+    generate.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
+    generate.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    generate.add_argument("--edit", action="append", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"),
+                          help="a named edit and its fields, repeatable (see jaxinterp.edit_registry)")
+
+    capture = command("capture", "run text and save the activations at the given sites (.safetensors or .npz)")
+    capture.add_argument("text", nargs="+")
+    capture.add_argument("--sites", nargs="+", required=True, help="site patterns, e.g. 'blocks.*.attn.probs'")
+    capture.add_argument("--chat", action="store_true")
+
+    command("sites", "list every site of the model with its shape for a small example input")
+
+    attention = command("attention", "per-layer, per-head attention statistics of a text, with figures")
+    attention.add_argument("text")
+    attention.add_argument("--chat", action="store_true")
+
+    experiment = command("experiment", "run an experiment script of the source checkout's experiments/ folder")
+    experiment.add_argument("name")
+    experiment.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the experiment")
+
+    data = command("data", "fetch benchmark data through the package registry and write it as JSON lines")
+    data.add_argument("source", choices=["bigbench", "reasoning-gym"])
+    data.add_argument("task")
+    data.add_argument("--size", type=int, default=100, help="items to generate (reasoning-gym)")
     return parser
+
+
+def _model(args):
+    import jaxinterp
+
+    return jaxinterp.load(args.model, dtype=args.dtype)
+
+
+def _generate(args) -> None:
+    from jaxinterp.edit_registry import make
+    from jaxinterp.generate import stream_printer
+
+    model = _model(args)
+    edits = [make(spec[0], spec[1:]) for spec in args.edit]
+    prompts = args.prompt
+    out = model.generate(prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         seed=args.seed, stop=args.stop, edits=edits, chat=args.chat,
+                         stream=stream_printer(model.tokenizer) if len(prompts) == 1 else None)
+    if len(prompts) == 1:
+        print()
+    else:
+        for prompt, text in zip(prompts, out.texts):
+            print(f"{prompt!r} -> {text!r}")
+    if args.out:
+        _write_json(args.out, {"prompts": prompts, "texts": out.texts, "tokens": out.tokens,
+                               "edits": [" ".join(spec) for spec in args.edit], "seed": args.seed})
+
+
+def _capture(args) -> None:
+    import numpy as np
+
+    model = _model(args)
+    run = model.run(model.encode(args.text, chat=args.chat), capture=args.sites)
+    arrays = {name: np.asarray(value) for name, value in run.captured.items()}
+    out = args.out or "activations.safetensors"
+    if out.endswith(".npz"):
+        np.savez(out, **arrays)
+    else:
+        import safetensors.numpy
+
+        safetensors.numpy.save_file(arrays, out)
+    print(f"wrote {len(arrays)} sites to {out}")
+
+
+def _sites(args) -> None:
+    from jaxinterp.models import example_batch
+
+    model = _model(args)
+    for name, shape in model.site_shapes(example_batch(model.config)).items():
+        print(f"{name:40s} {str(tuple(shape.shape)):24s} {shape.dtype}")
+
+
+def _attention(args) -> None:
+    from jaxinterp.demo import attention_entropy, format_table
+    from jaxinterp.viz import layer_head_heatmap
+
+    model = _model(args)
+    out = args.out or "jaxinterp-attention"
+    os.makedirs(out, exist_ok=True)
+    entropy = attention_entropy(model, args.text, chat=args.chat)
+    print("normalised attention entropy (1 = uniform over visible keys):")
+    print(format_table(entropy))
+    layer_head_heatmap(entropy, title=f"Normalised attention entropy\n{args.text[:60]!r}", colorbar="entropy / log(keys)",
+                       path=os.path.join(out, "entropy.png"), vmin=0.0, vmax=1.0)
+    _write_json(os.path.join(out, "attention.json"), {"text": args.text, "entropy": entropy.round(6).tolist()})
+    print(f"wrote {out}/entropy.png and {out}/attention.json")
+
+
+def _experiment(args) -> None:
+    import subprocess
+
+    from jaxinterp.errors import ArgumentError
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(root, "experiments")
+    if not os.path.isdir(folder):
+        raise ArgumentError("experiment: the experiments/ folder ships with the source checkout; "
+                            "clone the repository and install it with `pip install -e .`")
+    names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+    if args.name not in names:
+        raise ArgumentError(f"experiment: unknown experiment {args.name!r}; available: {', '.join(names)}")
+    result = subprocess.run([sys.executable, "-m", f"experiments.{args.name}", *args.args], cwd=root)
+    if result.returncode:
+        raise SystemExit(result.returncode)
+
+
+def _data(args) -> None:
+    rows = []
+    if args.source == "bigbench":
+        from jaxinterp.data.bigbench import load_task
+
+        task = load_task(args.task)
+        rows = [{"input": e.input, "target": list(e.target), "target_scores": e.target_scores} for e in task.examples]
+        print(f"{task.name}: {len(rows)} examples")
+    else:
+        try:
+            import reasoning_gym
+        except ImportError:
+            from jaxinterp.errors import ArgumentError
+
+            raise ArgumentError("data reasoning-gym: install it with `pip install 'jaxinterp[data]'`") from None
+        rows = [dict(item) for item in reasoning_gym.create_dataset(args.task, size=args.size, seed=args.seed)]
+        print(f"{args.task}: {len(rows)} generated items (seed {args.seed})")
+    out = args.out or f"{args.task.replace('/', '_')}.jsonl"
+    with open(out, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+def _write_json(path: str, data) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -48,11 +208,13 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "demo":
         from jaxinterp.demo import DEFAULT_PROMPT, run_demo
 
-        model = jaxinterp.load(args.model, dtype=args.dtype)
-        run_demo(model, prompt=args.prompt or DEFAULT_PROMPT, out=args.out, max_new_tokens=args.max_new_tokens)
+        run_demo(_model(args), prompt=args.prompt or DEFAULT_PROMPT, out=args.out or "jaxinterp-demo",
+                 max_new_tokens=args.max_new_tokens)
     elif args.command == "convert":
-        path = jaxinterp.convert(args.src, args.dst, dtype=args.dtype)
-        print(f"wrote {path}")
+        print(f"wrote {jaxinterp.convert(args.src, args.dst, dtype=args.dtype)}")
+    else:
+        {"generate": _generate, "capture": _capture, "sites": _sites, "attention": _attention,
+         "experiment": _experiment, "data": _data}[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

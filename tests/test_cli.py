@@ -1,20 +1,42 @@
-"""The `jaxinterp` command line: the main job and conversion."""
+"""The `jaxinterp` command line: every subcommand's help and a minimal run on a tiny model."""
 
 from __future__ import annotations
 
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
-from jaxinterp.cli import main
+import jaxinterp as ji
+from jaxinterp.cli import EXAMPLES, main
+from jaxinterp.data.vocab import word_tokenizer
+from jaxinterp.models import init_params
+from jaxinterp.models.llama import LlamaConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama with a word tokenizer, saved as a converted directory."""
+    tokenizer = word_tokenizer("the cat sat on a mat and dog ran far".split())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=8, max_position_embeddings=256,
+                         eos_token_ids=(tokenizer.eos_token_id,))
+    model = ji.Model(config, init_params(config, jax.random.key(0)), tokenizer)
+    return ji.save(model, tmp_path_factory.mktemp("cli") / "tiny")
+
+
+@pytest.mark.parametrize("command", sorted(EXAMPLES))
+def test_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert f"example: {EXAMPLES[command]}" in capsys.readouterr().out
 
 
 def test_demo_writes_figure_and_json(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--max-new-tokens", "12"]) == 0
-    printed = capsys.readouterr().out
-    assert "Paris" in printed
+    assert "Paris" in capsys.readouterr().out
     result = json.loads((tmp_path / "demo.json").read_text())
     entropy = np.array(result["entropy"])
     assert entropy.shape == (30, 9)
@@ -22,18 +44,37 @@ def test_demo_writes_figure_and_json(tmp_path, capsys):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
 
 
-def test_convert_command_and_one_line_errors(tiny_checkpoint, tmp_path, capsys):
+def test_generate_capture_sites_attention(tiny_dir, tmp_path, capsys):
+    model = ["--model", str(tiny_dir)]
+    assert main(["generate", "the cat sat", "a dog ran", "--max-new-tokens", "4", "--edit", "scale_head", "layer=1",
+                 "head=0", "scale=0", "--out", str(tmp_path / "gen.json"), *model]) == 0
+    generated = json.loads((tmp_path / "gen.json").read_text())
+    assert len(generated["texts"]) == 2 and generated["edits"] == ["scale_head layer=1 head=0 scale=0"]
+    assert main(["capture", "the cat sat on a mat", "--sites", "blocks.*.attn.probs", "embed",
+                 "--out", str(tmp_path / "acts.npz"), *model]) == 0
+    with np.load(tmp_path / "acts.npz") as acts:
+        assert sorted(acts.files) == ["blocks.0.attn.probs", "blocks.1.attn.probs", "embed"]
+    assert main(["sites", *model]) == 0
+    assert "blocks.1.attn.head_out" in capsys.readouterr().out
+    assert main(["attention", "the cat sat on a mat", "--out", str(tmp_path / "att"), *model]) == 0
+    assert json.loads((tmp_path / "att" / "attention.json").read_text())["entropy"]
+    assert (tmp_path / "att" / "entropy.png").exists()
+
+
+def test_convert_data_experiment_and_one_line_errors(tiny_checkpoint, tiny_dir, tmp_path, capsys):
     folder, _ = tiny_checkpoint("smol")
     assert main(["convert", folder, str(tmp_path / "out")]) == 0
     assert os.path.exists(tmp_path / "out" / "jaxinterp.json")
+    assert main(["data", "reasoning-gym", "basic_arithmetic", "--size", "3", "--out", str(tmp_path / "g.jsonl")]) == 0
+    assert len((tmp_path / "g.jsonl").read_text().splitlines()) == 3
     capsys.readouterr()
-    assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out2")]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0 and "no such file or directory" in error
-
-
-@pytest.mark.parametrize("command", ["demo", "convert"])
-def test_help_shows_an_example(command, capsys):
-    with pytest.raises(SystemExit):
-        main([command, "--help"])
-    assert "example: jaxinterp" in capsys.readouterr().out
+    failures = [
+        ["convert", str(tmp_path / "nowhere"), str(tmp_path / "out2")],
+        ["generate", "the cat", "--model", str(tiny_dir), "--edit", "no_such_edit"],
+        ["capture", "the cat", "--sites", "blocks.9.nothing", "--model", str(tiny_dir)],
+        ["experiment", "no_such_experiment"],
+    ]
+    for argv in failures:
+        assert main(argv) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and error.startswith(f"jaxinterp {argv[0]}: error:"), error

@@ -101,6 +101,15 @@ class Model:
         return (f"Model({self.source or cfg.family}: {cfg.family}, {cfg.num_layers} layers, {cfg.num_heads} heads, "
                 f"hidden {cfg.hidden_size}{vocab}, {dtype})")
 
+    def __treescope_repr__(self, path, subtree_renderer):
+        """Renders in notebooks with treescope: config, parameter tree, tokenizer and source."""
+        from treescope import repr_lib
+
+        attributes = {"source": self.source, "config": self.config, "params": self.params,
+                      "tokenizer": type(self.tokenizer).__name__ if self.tokenizer is not None else None}
+        return repr_lib.render_object_constructor(type(self), attributes, path=path, subtree_renderer=subtree_renderer,
+                                                  roundtrippable=False)
+
     # -- inputs ------------------------------------------------------------------------
 
     @property

@@ -1,0 +1,59 @@
+"""What an attention edit reads from its `Context`: visible keys, the rows it acts on, own keys.
+
+Edits on `attn.probs` get the masked scores in `ctx.scores`; a key is visible exactly where
+the softmax saw a score above the mask value, so every mask (causal, sliding window, padding,
+a positional scheme's, a truncation's) is respected without rebuilding it.
+
+`apply_at` says when an edit acts:
+- `prefill`: in prefill and full forwards, never in a cached decode step; in a full forward
+  only on query rows not labelled `generated`, i.e. the rows a prefill saw. A forward that
+  recomputes a whole generation (the reference code's no-cache decoding) thus edits exactly
+  what the cached prefill edited, so cached and recomputed generations agree.
+- `every_step`: every forward, every real query row; in a cached decode step that is the one
+  new row (a single-row statistic), in a recomputed one the whole sequence.
+Padding rows (segment `pad`) are never edited.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.errors import ArgumentError
+from jaxinterp.models.masks import MASKED
+from jaxinterp.models.sites import Context, segment_id
+
+Array = jax.Array
+APPLY_AT = ("prefill", "every_step")
+PAD, GENERATED = segment_id("pad"), segment_id("generated")
+
+
+def check_apply_at(apply_at: str) -> None:
+    if apply_at not in APPLY_AT:
+        raise ArgumentError(f"apply_at: expected one of {APPLY_AT}, found {apply_at!r}")
+
+
+def visible_keys(ctx: Context) -> Array:
+    """[B, H, T, S] bool: the keys each query's softmax saw (from `ctx.scores`, at `attn.probs`)."""
+    return ctx.scores > MASKED / 2
+
+
+def edited_rows(ctx: Context, apply_at: str) -> Array | None:
+    """[B, T] bool: the query rows an edit with `apply_at` acts on; None when it skips this forward."""
+    if apply_at == "prefill" and ctx.decoding:
+        return None
+    rows = ctx.segments != PAD
+    return rows & (ctx.segments != GENERATED) if apply_at == "prefill" else rows
+
+
+def own_keys(ctx: Context, visible: Array) -> Array:
+    """[B, 1, T, S] bool: each query's own key (the diagonal of self-attention).
+
+    In a full forward or a prefill (which starts from an empty cache) query t is key t; in a
+    decode step the query is the newest written slot, its last visible key.
+    """
+    length, keys = visible.shape[-2:]
+    if not ctx.decoding:
+        return (jnp.arange(length)[:, None] == jnp.arange(keys)[None, :])[None, None]
+    last = keys - 1 - jnp.argmax(visible[:, :1, :, ::-1], axis=-1)  # [B, 1, T]
+    return jnp.arange(keys) == last[..., None]

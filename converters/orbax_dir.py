@@ -7,8 +7,9 @@ Layout of a directory written by `jaxinterp convert` (and of each cache entry):
     DST/params/          orbax checkpoint of the parameter pytree
     DST/tokenizer/       transformers tokenizer files (absent if the checkpoint had none)
 
-A directory is written under a temporary name beside DST and renamed into place only when
-complete, so a crash or an error leaves nothing at DST.
+A directory is written under a temporary name beside DST (`.DST.partial-*`), flushed to
+disk, and renamed into place only when complete, so a killed process, a power cut or an
+error leaves nothing at DST; the manifest is the last file written.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def save(dst: str | os.PathLike, params: Mapping[str, Any], manifest: Mapping[st
         raise CheckpointError(f"{dst}: already exists; choose a new destination or remove it")
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
+    staging = tempfile.mkdtemp(prefix=partial_prefix(dst), dir=parent)
     try:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(os.path.join(staging, "params"), params)
@@ -51,10 +52,33 @@ def save(dst: str | os.PathLike, params: Mapping[str, Any], manifest: Mapping[st
             tokenizer.save_pretrained(os.path.join(staging, "tokenizer"))
         with open(os.path.join(staging, MANIFEST), "w") as f:
             json.dump({"format": FORMAT, **manifest}, f, indent=2)
+        _flush(staging)
         os.rename(staging, dst)
+        _fsync(parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def partial_prefix(dst: str | os.PathLike) -> str:
+    """Name prefix of the staging directories of `dst` (left behind only by a killed writer)."""
+    return f".{os.path.basename(os.path.abspath(dst))}.partial-"
+
+
+def _flush(tree: str) -> None:
+    """fsyncs every file and directory under `tree`, so a rename cannot outlive the data it names."""
+    for folder, _, files in os.walk(tree, topdown=False):
+        for name in files:
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -63,8 +87,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(manifest_path) as f:
             manifest = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{manifest_path}: unreadable ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{manifest_path}: unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path}: expected a JSON object, found {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{manifest_path}: format: expected {FORMAT}, found {manifest.get('format')!r}")
     return manifest

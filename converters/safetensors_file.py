@@ -1,9 +1,10 @@
 """A validating, memory-mapped reader of `.safetensors` files.
 
 The header is checked in full before any tensor is touched: its length must fit the file,
-it must be a JSON object, every tensor needs a known dtype, a shape of non-negative
-integers and a data range inside the file whose size equals shape x itemsize, and ranges
-may not overlap. Tensors are then read lazily from a memory map, one at a time, so a
+it must be a JSON object without repeated names, every tensor needs a known dtype, a shape
+of non-negative integers and a data range inside the file whose size equals shape x
+itemsize, and ranges may not overlap. No size read from the file is allocated before it
+has been checked against the file's own size. Tensors are then read lazily from a memory map, one at a time, so a
 converter never holds a second copy of the checkpoint.
 """
 
@@ -24,6 +25,19 @@ DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class _Repeated(Exception):
+    """A name that appears twice in one JSON object."""
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """`json` object hook: a dict, refusing repeated keys (which JSON readers resolve differently)."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        names = [name for name, _ in pairs]
+        raise _Repeated(next(name for name in names if names.count(name) > 1))
+    return found
 
 
 class SafetensorsFile:
@@ -48,9 +62,11 @@ class SafetensorsFile:
                 raise self._fail("header length", f"{length} bytes does not fit a file of {size} bytes")
             raw = f.read(length)
         try:
-            header = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise self._fail("header", f"expected JSON, found undecodable bytes ({e})") from None
+            header = json.loads(raw, object_pairs_hook=_unique)
+        except _Repeated as e:
+            raise self._fail(f"tensor {e}", "appears twice in the header") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON or a 5000-digit number
+            raise self._fail("header", f"expected JSON, found undecodable bytes ({type(e).__name__}: {e})") from None
         if not isinstance(header, dict):
             raise self._fail("header", f"expected a JSON object, found {type(header).__name__}")
         header.pop("__metadata__", None)
@@ -69,9 +85,9 @@ class SafetensorsFile:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in DTYPES:
             raise self._fail(field, f"dtype: expected one of {sorted(DTYPES)}, found {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise self._fail(field, f"shape: expected a list of non-negative integers, found {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise self._fail(field, f"data_offsets: expected [begin, end], found {offsets!r}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_size:
@@ -97,4 +113,6 @@ class SafetensorsFile:
         entry = self._entries[name]
         start = self._data_start + entry["begin"]
         raw = self._memmap[start: self._data_start + entry["end"]]
+        if raw.size != entry["end"] - entry["begin"]:  # the file shrank after its header was checked
+            raise self._fail(f"tensor {name}", f"data ends at byte {self._memmap.size}: the file was truncated while open")
         return raw.view(entry["dtype"]).reshape(entry["shape"])

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxinterp.converters.gguf_file import GGUFFile
 from jaxinterp.converters.safetensors_file import SafetensorsFile
+from jaxinterp.converters.tokenizers import load_tokenizer
 from jaxinterp.errors import CheckpointError
 
 
@@ -30,6 +31,10 @@ class TensorSource(Protocol):
     def shape(self, name: str) -> tuple[int, ...]: ...
 
     def get(self, name: str) -> np.ndarray: ...
+
+
+# torch dtypes a checkpoint tensor may have (those numpy can hold; the safetensors set)
+TORCH_DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:
@@ -44,7 +49,9 @@ def _torch_to_numpy(tensor) -> np.ndarray:
 
 
 class TorchBinFile:
-    """A `pytorch_model.bin` read through torch's weights-only unpickler (no code runs)."""
+    """A `pytorch_model.bin` (or `.pt`) read through torch's weights-only unpickler, which
+    rebuilds tensors and plain containers and refuses any other object, so no code from the
+    file runs. It must hold a flat dict of name -> dense tensor."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -59,12 +66,20 @@ class TorchBinFile:
             self._tensors = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
             raise CheckpointError(
-                f"{self.path}: refused: the weights-only unpickler could not read it ({type(e).__name__}: {e}). "
-                "Checkpoints that need arbitrary code to load are never executed; convert it to safetensors "
-                "in an environment you trust"
+                f"{self.path}: refused: torch's weights-only unpickler could not read it ({type(e).__name__}: {e}). "
+                "jaxinterp never runs code from a checkpoint. If you trust its author, convert it to safetensors "
+                "once, inside a sandbox: `safetensors.torch.save_file(torch.load(path, weights_only=False), "
+                "'model.safetensors')`, and load that file instead"
             ) from None
         if not isinstance(self._tensors, dict):
             raise CheckpointError(f"{self.path}: expected a dict of tensors, found {type(self._tensors).__name__}")
+        for name, tensor in self._tensors.items():
+            if not (isinstance(name, str) and isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided
+                    and str(tensor.dtype).removeprefix("torch.") in TORCH_DTYPES):
+                found = f"{tensor.dtype} {tensor.layout}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise CheckpointError(
+                    f"{self.path}: entry {name!r}: expected a dense tensor of dtype {sorted(TORCH_DTYPES)}, found {found}"
+                )
 
     @property
     def names(self) -> list[str]:
@@ -204,9 +219,7 @@ def _directory_tokenizer(folder: str) -> Callable[[], Any]:
     def load():
         if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             return None
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(folder)
+        return load_tokenizer(folder)
 
     return load
 

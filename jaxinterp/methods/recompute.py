@@ -6,6 +6,8 @@ against: with an edit that acts at prefill only, both give the same tokens and l
 one that acts at every step they differ by design (a cached step sees one new query row, a
 recomputed step the whole sequence). One jitted loop: a fixed-width buffer (prompt + steps)
 whose future columns are masked padding until they are written; no stopping at end-of-sequence.
+A vision-language model re-reads its pixels every step, so a generated image placeholder token
+would be spliced as an image token here but embedded as text by the cached loop.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ edits, gradients, cached generation and training."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,11 +95,13 @@ def test_loss_scalings_and_training_with_optax(model):
     targets = jnp.roll(batch.tokens, -1, axis=1)
     sites = ("blocks.*.attn.router_logits", "blocks.*.attn.gates")
 
-    def loss(params, scaling="per_token_mean"):
-        output, captured = models.forward(CONFIG, params, batch, capture=sites)
-        return moa_loss(output.logits, targets, batch.mask, captured, num_layers=2, aux_loss_scaling=scaling)
+    config = dataclasses.replace(CONFIG, num_layers=1)
 
-    params = models.init_params(CONFIG, jax.random.key(2))
+    def loss(params, scaling="per_token_mean"):
+        output, captured = models.forward(config, params, batch, capture=sites)
+        return moa_loss(output.logits, targets, batch.mask, captured, num_layers=1, aux_loss_scaling=scaling)
+
+    params = models.init_params(config, jax.random.key(2))
     total, parts = loss(params)
     aux = 0.01 * parts["switch"] + 0.001 * parts["z"]
     assert float(total) == pytest.approx(float(parts["ce"] + aux), rel=1e-6)
@@ -137,8 +141,7 @@ def test_sites_edits_and_gradients_work_as_on_any_family(model):
 
 
 def test_cached_generation_matches_full_forward_decoding(model):
-    generated = model.generate(make_batch(TOKENS), max_new_tokens=5).tokens[0]
-    sequence = list(TOKENS[0])
-    for _ in range(len(generated)):
-        sequence.append(int(np.argmax(model(np.array([sequence]))[0, -1])))
-    assert list(generated) == sequence[TOKENS.shape[1]:]
+    generated = list(model.generate(make_batch(TOKENS), max_new_tokens=5).tokens[0])
+    sequence = np.array([list(TOKENS[0]) + generated])
+    greedy = np.argmax(model(sequence[:, :-1])[0], -1)  # causal: position t predicts token t + 1
+    assert len(generated) > 1 and list(greedy[TOKENS.shape[1] - 1:]) == generated

@@ -35,7 +35,7 @@ from jaxinterp.models.sites import Context, segment_id
 from jaxinterp.sweep import sweep
 
 Array = jax.Array
-OUTPUT_SEGMENTS = ("answer", "generated")  # tokens after the prompt: never "the last query"
+OUTPUT_SEGMENTS = ("answer", "generated")  # the output: "the last query" is the token before it
 
 
 @struct.dataclass
@@ -68,10 +68,12 @@ class Truncate(Edit):
 
 
 def last_query(batch: Batch) -> Array:
-    """[B] index of each row's last real token outside the answer / generated tokens."""
-    output = jnp.isin(batch.segments, jnp.array([segment_id(s) for s in OUTPUT_SEGMENTS]))
-    prompt = batch.mask & ~output
+    """[B] index of each row's last prompt query: the last real token before the first answer /
+    generated token (the last real token when there is none)."""
+    output = jnp.isin(batch.segments, jnp.array([segment_id(s) for s in OUTPUT_SEGMENTS])) & batch.mask
     length = batch.tokens.shape[1]
+    first_output = jnp.where(jnp.any(output, axis=-1), jnp.argmax(output, axis=-1), length)
+    prompt = batch.mask & (jnp.arange(length)[None] < first_output[:, None])
     return length - 1 - jnp.argmax(prompt[:, ::-1], axis=-1)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxinterp.converters.gguf_header import TensorInfo, read_header
 from jaxinterp.converters.tokenizers import load_tokenizer
-from jaxinterp.errors import CheckpointError
+from jaxinterp.errors import CheckpointError, shown
 
 # llama.cpp tensor names -> Hugging Face names, for the architectures we read.
 _BLOCK_NAMES = {
@@ -64,7 +64,7 @@ class GGUFFile:
         arch = self.metadata.get("general.architecture")
         if arch not in ARCHITECTURES:
             raise CheckpointError(
-                f"{self.path}: metadata field general.architecture: expected one of {sorted(ARCHITECTURES)}, found {arch!r}"
+                f"{self.path}: metadata field general.architecture: expected one of {sorted(ARCHITECTURES)}, found {shown(repr(arch))}"
             )
         self.architecture = arch
         self._tensors: dict[str, TensorInfo] = {}
@@ -76,7 +76,7 @@ class GGUFFile:
         self._largest = max((d for t in self._tensors.values() for d in t.dims), default=1)
 
     def _fail(self, key: str, expected: str, value: Any) -> CheckpointError:
-        return CheckpointError(f"{self.path}: metadata field {key}: expected {expected}, found {value!r}")
+        return CheckpointError(f"{self.path}: metadata field {key}: expected {expected}, found {shown(repr(value))}")
 
     def _size(self, key: str, default: int | None = None, *, largest: int | None = None) -> int:
         """A positive integer `{arch}.{key}`, at most `largest` (default: the largest tensor dimension,

@@ -5,7 +5,8 @@ of tensors must fit in the bytes that remain before it is read, arrays do not ne
 every tensor has at most four dimensions, a type the `gguf` package can dequantise, and a
 data range that lies inside the file, is aligned, and overlaps no other tensor. So a
 hostile or truncated header can neither loop, recurse nor allocate beyond the file's own
-size, and every error names the file and the field.
+size. Keys and tensor names must be printable, and every error names the file and the
+field (found values escaped and shortened, so a message cannot drive a terminal).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from jaxinterp.errors import CheckpointError
+from jaxinterp.errors import CheckpointError, shown
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -71,7 +72,7 @@ class _Cursor:
         self.path, self.data, self.pos = path, data, 0
 
     def fail(self, field: str, message: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: {field}: {message}")
+        return CheckpointError(f"{self.path}: {field}: {shown(message, 500)}")
 
     @property
     def left(self) -> int:
@@ -92,6 +93,13 @@ class _Cursor:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise self.fail(field, f"expected UTF-8 text, found undecodable bytes ({e})") from None
+
+    def name(self, field: str) -> str:
+        """A string that names something (a key, a tensor): printable, so messages can quote it."""
+        text = self.string(field)
+        if not text.isprintable():
+            raise self.fail(field, f"expected printable text, found {text!r}")
+        return text
 
     def value(self, kind: int, field: str) -> Any:
         if kind in SCALARS:
@@ -126,14 +134,14 @@ def read_header(path: str, data: np.ndarray) -> Header:
                           f"cannot fit in the {cursor.left} bytes left")
     metadata: dict[str, Any] = {}
     for i in range(pair_count):
-        key = cursor.string(f"metadata key #{i}")
+        key = cursor.name(f"metadata key #{i}")
         if key in metadata:
             raise cursor.fail(f"metadata field {key}", "appears twice")
         field = f"metadata field {key}"
         metadata[key] = cursor.value(cursor.number("<I", field), field)
     layouts = []
     for i in range(tensor_count):
-        name = cursor.string(f"tensor #{i} name")
+        name = cursor.name(f"tensor #{i} name")
         field = f"tensor {name}"
         n_dims = cursor.number("<I", field)
         if not 1 <= n_dims <= MAX_DIMS:

@@ -3,7 +3,9 @@
 The header is checked in full before any tensor is touched: its length must fit the file,
 it must be a JSON object without repeated names, every tensor needs a known dtype, a shape
 of non-negative integers and a data range inside the file whose size equals shape x
-itemsize, and ranges may not overlap. No size read from the file is allocated before it
+itemsize, and the ranges must tile the data exactly (no overlap, no gap, nothing after the
+last tensor), as the reference `safetensors` reader requires. Names must be printable and
+found values are escaped and shortened in messages, so an error cannot drive a terminal. No size read from the file is allocated before it
 has been checked against the file's own size. Tensors are then read lazily from a memory map, one at a time, so a
 converter never holds a second copy of the checkpoint.
 """
@@ -18,7 +20,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from jaxinterp.errors import CheckpointError
+from jaxinterp.errors import CheckpointError, shown
 
 DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -49,7 +51,7 @@ class SafetensorsFile:
         self._memmap: np.memmap | None = None
 
     def _fail(self, field: str, message: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: {field}: {message}")
+        return CheckpointError(f"{self.path}: {field}: {shown(message, 500)}")
 
     def _read_header(self) -> tuple[dict[str, dict], int]:
         size = os.path.getsize(self.path)
@@ -64,7 +66,7 @@ class SafetensorsFile:
         try:
             header = json.loads(raw, object_pairs_hook=_unique)
         except _Repeated as e:
-            raise self._fail(f"tensor {e}", "appears twice in the header") from None
+            raise self._fail(f"tensor {shown(str(e))}", "appears twice in the header") from None
         except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON or a 5000-digit number
             raise self._fail("header", f"expected JSON, found undecodable bytes ({type(e).__name__}: {e})") from None
         if not isinstance(header, dict):
@@ -72,13 +74,21 @@ class SafetensorsFile:
         header.pop("__metadata__", None)
         data_size = size - 8 - length
         entries = {name: self._check_entry(name, entry, data_size) for name, entry in header.items()}
-        ranges = sorted((e["begin"], e["end"], name) for name, e in entries.items() if e["end"] > e["begin"])
-        for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
-            if begin < end:
-                raise self._fail(f"tensor {second}", f"data range overlaps tensor {first}")
+        position, previous = 0, "the start of the data"
+        for begin, end, name in sorted((e["begin"], e["end"], name) for name, e in entries.items()):
+            if begin != position:
+                relation = f"overlaps {previous}" if begin < position else f"leaves a gap after {previous}"
+                raise self._fail(f"tensor {name}", f"data_offsets: expected to begin at byte {position}, found {begin} "
+                                                   f"(the range {relation})")
+            position, previous = end, f"tensor {name}"
+        if position != data_size:
+            raise self._fail("data", f"expected {position} bytes after the header (the tensors' ranges), "
+                                     f"found {data_size} (truncated or padded file?)")
         return entries, 8 + length
 
     def _check_entry(self, name: str, entry: object, data_size: int) -> dict:
+        if not name.isprintable():
+            raise self._fail("tensor name", f"expected printable text, found {name!r}")
         field = f"tensor {name}"
         if not isinstance(entry, dict):
             raise self._fail(field, f"expected an object, found {type(entry).__name__}")

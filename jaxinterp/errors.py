@@ -28,3 +28,10 @@ class ArgumentError(JaxinterpError, ValueError):
 
 class NonFiniteError(JaxinterpError, FloatingPointError):
     """A forward (or gradient) produced NaN or infinity; the message names the first site."""
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """`text` as it may appear in an error message: control characters escaped (a hostile file
+    cannot drive the terminal) and cut to `limit` characters."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: limit + 1])
+    return escaped if len(text) <= limit else escaped[:limit] + "..."

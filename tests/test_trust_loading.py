@@ -184,6 +184,9 @@ MALFORMED_SAFETENSORS = {
     "size not shape x itemsize": (dict(header={"w": {**F32_8, "shape": [3]}}, data=b"\0" * 8), "tensor w"),
     "overlapping ranges": (dict(header={"a": F32_8, "b": {**F32_8, "data_offsets": [4, 12]}}, data=b"\0" * 12),
                            "overlaps"),
+    "gap between ranges": (dict(header={"a": F32_8, "b": {**F32_8, "data_offsets": [12, 20]}}, data=b"\0" * 20),
+                           "leaves a gap"),
+    "bytes after the last tensor": (dict(header={"w": F32_8}, data=b"\0" * 12), "data: expected 8 bytes"),
     "unknown dtype": (dict(header={"w": {**F32_8, "dtype": "F8_E9"}}, data=b"\0" * 8), "dtype"),
     "negative dimension": (dict(header={"w": {**F32_8, "shape": [-2]}}, data=b"\0" * 8), "shape"),
     "boolean dimension": (dict(header={"w": {**F32_8, "shape": [True, 2]}}, data=b"\0" * 8), "shape"),
@@ -191,6 +194,7 @@ MALFORMED_SAFETENSORS = {
     "header not JSON": (dict(header=None, raw=b"\xff\xfe{"), "header"),
     "deeply nested header": (dict(header=None, raw=b"[" * 100_000 + b"]" * 100_000), "header"),
     "5000-digit number": (dict(header=None, raw=b'{"w": ' + b"9" * 5000 + b"}"), "header"),
+    "terminal escape in a name": (dict(header={"\x1b[2Jw": F32_8}, data=b"\0" * 8), "tensor name: expected printable"),
     "repeated tensor name": (dict(header=None, raw=b'{"w": %s, "w": %s}' % ((json.dumps(F32_8).encode(),) * 2),
                                   data=b"\0" * 8), "tensor w: appears twice"),
 }
@@ -208,6 +212,7 @@ def test_malformed_safetensors_are_rejected_naming_file_and_field_before_allocat
     finally:
         tracemalloc.stop()
     assert str(path) in str(error.value) and field in str(error.value)
+    assert str(error.value).isprintable()
     assert peak < 8 * 2**20, f"{peak} bytes allocated to reject a {path.stat().st_size}-byte file"
 
 
@@ -292,6 +297,8 @@ MALFORMED_GGUF = {
                       "arrays do not nest"),
     "unknown value type": (dict(pairs=[*LLAMA, ("x", 13, b"")]), "metadata field x: value type"),
     "repeated key": (dict(pairs=[*LLAMA, LLAMA[1]]), "llama.block_count: appears twice"),
+    "terminal escape in a key": (dict(raw_pairs=_string("\x1b]8;;evil\x07") + struct.pack("<I", UINT32) + b"\0" * 4),
+                                 "expected printable text"),
     "undecodable key": (dict(raw_pairs=_string(b"\xff\xfe") + struct.pack("<I", UINT32) + b"\0" * 4), "UTF-8"),
     "unknown quantisation type": (dict(tensors=[("token_embd.weight", (4, 8), 99, 0)]),
                                   "tensor token_embd.weight: type"),
@@ -324,6 +331,7 @@ def test_malformed_gguf_is_rejected_naming_file_and_field_before_allocating(tmp_
     finally:
         tracemalloc.stop()
     assert str(path) in str(error.value) and field in str(error.value)
+    assert str(error.value).isprintable()
     assert peak < 8 * 2**20, f"{peak} bytes allocated to reject a {path.stat().st_size}-byte file"
 
 

@@ -51,6 +51,15 @@ def refine(m: Array, key: Array, ratio: Array, *, modules: tuple[str, ...], base
     return sicd(x, ratio) if "sicd" in modules else x
 
 
+@functools.partial(jax.jit, static_argnames=("modules", "baseline_threshold", "step_ratio"))
+def refine_all(maps: Array, keys: Array, ratios: Array, *, modules: tuple[str, ...], baseline_threshold: float,
+               step_ratio: float) -> Array:
+    """`refine` on every map of [S, B, N, rows, cols] (keys likewise; ratios [B]: each row's SICD ratio)."""
+    one = functools.partial(refine, modules=modules, baseline_threshold=baseline_threshold, step_ratio=step_ratio)
+    per_row = jax.vmap(jax.vmap(one, in_axes=(0, 0, None)), in_axes=(0, 0, 0))  # rows, then their images
+    return jax.vmap(per_row, in_axes=(0, 0, None))(maps, keys, ratios)  # sites
+
+
 def diffusion_cam(request: Request, *, modules: tuple[str, ...] = MODULES, baseline_threshold: float = 0.4,
                   step_ratio: float = 0.5, seed: int = 0) -> Attribution:
     """Diffusion-CAM maps at the request's sites (default: the block a third of the way down).
@@ -72,9 +81,6 @@ def diffusion_cam(request: Request, *, modules: tuple[str, ...] = MODULES, basel
     answer = (batch.segments == segment_id("answer")) | (batch.segments == segment_id("generated"))
     ratios = jax.vmap(repeat_ratio)(batch.tokens, answer & batch.mask)  # [B]
     keys = jax.random.split(jax.random.key(seed), maps.shape[:3])
-    one = functools.partial(refine, modules=tuple(m for m in MODULES if m in modules),
-                            baseline_threshold=baseline_threshold, step_ratio=step_ratio)
-    per_image = jax.vmap(one, in_axes=(0, 0, None))  # over the images of a row
-    per_row = jax.vmap(per_image, in_axes=(0, 0, 0))
-    refined = jax.jit(jax.vmap(per_row, in_axes=(0, 0, None)))(maps, keys, ratios)
+    refined = refine_all(maps, keys, ratios, modules=tuple(m for m in MODULES if m in modules),
+                         baseline_threshold=baseline_threshold, step_ratio=step_ratio)
     return Attribution(values=base.values, image=refined)

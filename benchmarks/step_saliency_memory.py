@@ -30,7 +30,7 @@ def measure(tokens: int, steps: int, load_only: bool) -> dict:
     model = jaxinterp.load("smollm2", progress=False)
     result = {}
     if not load_only:
-        ids = prompt_tokens(model.tokenizer, tokens)
+        ids = np.resize(prompt_tokens(model.tokenizer, tokens)[0], tokens)[None]  # the fixed text, repeated
         step_of = np.minimum(np.arange(tokens) * steps // tokens, steps - 1)[None]
         start = time.perf_counter()
         _, maps = step_maps(model, ids, step_of, num_steps=steps)

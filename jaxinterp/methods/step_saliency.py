@@ -8,13 +8,17 @@ averaged, I^(l)_{t<-k} = mean_h S^(l)_{h,t,k}, and pooled into steps,
 M^(l)[i, j] = mean_{t in step i, k in step j} I^(l)_{t<-k} (spec C.2: the full block,
 upper-triangle zeros included).
 
-Memory: the gradient at every layer's `attn.probs` comes out of ONE backward pass, and
-each layer's [B, H, T, S] saliency is reduced to its [B, n, n] step map inside that layer's
-backward: an identity edit on `attn.probs` whose custom VJP passes the gradient through
-unchanged and writes the pooled map into the cotangent of a [B, n, n] "probe" argument, so
-d L / d probe is the step map. Only the forward's own residuals (one [B, H, T, S] pattern per
-layer, which any backward keeps) are held; no layer's saliency outlives its reduction.
-Token-level maps are the special case of one group per token.
+Memory: each layer's [B, H, T, S] saliency is reduced to its [B, n, n] step map inside that
+layer's backward: an identity edit on `attn.probs` whose custom VJP passes the gradient
+through unchanged and writes the pooled map into the cotangent of a [B, n, n] "probe"
+argument, so d L / d probe is the step map, and no layer's saliency outlives its reduction.
+A backward pass would still keep every layer's attention pattern (and scores) as residuals,
+~300 MB per SmolLM2 layer at T = 2,048, so the blocks are backpropagated a range at a time
+(gradient checkpointing through sites): one plain forward captures `resid_pre` at each
+range's first block; then, from the last range to the first, a forward with that input
+pinned differentiates the objective (last range) or <cotangent, next range's resid_pre>
+w.r.t. the probes and a delta at its own `resid_pre`, which is the cotangent handed to the
+range before. Token-level maps are the special case of one group per token.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import optax
 from flax import struct
 
 from jaxinterp import models
-from jaxinterp.edits import Edit, compose
+from jaxinterp.edits import Edit, FunctionEdit, compose
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models import Batch, Context
 
@@ -106,17 +110,40 @@ def objective_value(logits: Array, batch: Batch, objective: str, target: Array |
     return jnp.sum(logits[jnp.arange(logits.shape[0]), target[:, 0], target[:, 1]])
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("layers", "rule", "objective"))
-def _step_maps(config, params, batch, groups, target, edits, *, layers, rule, objective):
-    def value(probes):
-        probe = SaliencyProbe(layers=layers, rule=rule, probes=probes, groups=groups)
-        output, _ = models.forward(config, params, batch, edits=(probe, *edits))
-        return objective_value(output.logits, batch, objective, target)
+def _replace(x: Array, ctx: Context, value: Array) -> Array:
+    return value.astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("span", "probed", "rule", "objective"))
+def _segment(config, params, batch, groups, target, edits, start_value, upstream, *, span, probed, rule, objective):
+    """Step maps of the `probed` layers of the block range span = (first, stop), and the cotangent at
+    `blocks.{first}.resid_pre` for the segment before.
+
+    The range's input is pinned to `start_value` (captured in a plain forward), and its scalar is
+    the objective itself for the last range, else <upstream, resid_pre of block `stop`>, so the
+    blocks outside the range are dead code and only this range's residuals are held."""
+    first, stop = span
+    entry = f"blocks.{first}.resid_pre"
+
+    def value(probes, delta):
+        pinned = (FunctionEdit((entry,), _replace, start_value),) if first > 0 else ()
+        probe = SaliencyProbe(layers=probed, rule=rule, probes=probes, groups=groups)
+        exit_site = () if stop == config.num_layers else (f"blocks.{stop}.resid_pre",)
+        output, captured = models.forward(config, params, batch, edits=(*edits, *pinned, probe), deltas={entry: delta},
+                                          capture=exit_site)
+        if not exit_site:
+            return objective_value(output.logits, batch, objective, target)
+        return jnp.sum(captured[exit_site[0]].astype(jnp.float32) * upstream)
 
     n = groups.shape[-1]
-    zeros = tuple(jnp.zeros((groups.shape[0], n, n), jnp.float32) for _ in layers)
-    loss, maps = jax.value_and_grad(value)(zeros)
-    return loss, jnp.stack(maps)
+    zeros = tuple(jnp.zeros((groups.shape[0], n, n), jnp.float32) for _ in probed)
+    loss, (maps, cotangent) = jax.value_and_grad(value, argnums=(0, 1))(zeros, jnp.zeros_like(start_value))
+    return loss, maps, cotangent
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("sites",))
+def _entries(config, params, batch, edits, *, sites):
+    return models.forward(config, params, batch, edits=edits, capture=sites)[1]
 
 
 def step_maps(
@@ -130,8 +157,9 @@ def step_maps(
     objective: str = "loss",
     target: Array | np.ndarray | None = None,
     edits: Edit | Sequence[Edit] | None = (),
+    layers_per_pass: int = 6,
 ) -> tuple[Array, Array]:
-    """Per-layer step-to-step saliency maps M^(l) (spec B-C) in one forward and one backward.
+    """Per-layer step-to-step saliency maps M^(l) (spec B-C), backpropagated a range of blocks at a time.
 
     Args:
       model: a `jaxinterp.Model`.
@@ -144,6 +172,9 @@ def step_maps(
       objective: `loss` (mean next-token CE, the pipeline's choice) or `logit` (needs `target`).
       target: [B, 2] int (position, token id) of the logit objective.
       edits: further edits active during the forward (e.g. an intervention under study).
+      layers_per_pass: blocks per backward range (see the module docstring); the peak memory
+        holds this many blocks' [B, H, T, S] residuals. Our choice: 6 keeps a 2,048-token
+        SmolLM2 trace well under 8 GB; a value >= the depth is one plain backward pass.
 
     Returns:
       (L, maps [layers, B, n, n] float32).
@@ -162,10 +193,25 @@ def step_maps(
     n = int(steps.max()) + 1 if num_steps is None else num_steps
     if n < 1:
         raise ArgumentError(f"steps: expected at least one token with a step index >= 0, found max {int(steps.max())}")
-    layers = tuple(range(model.config.num_layers)) if layers is None else tuple(int(i) for i in layers)
+    layers = tuple(range(model.config.num_layers)) if layers is None else tuple(sorted(int(i) for i in layers))
+    if layers_per_pass < 1:
+        raise ArgumentError(f"layers_per_pass: expected a positive int, found {layers_per_pass!r}")
     groups = jax.nn.one_hot(jnp.where(batch.mask, steps, -1), n, dtype=jnp.float32)
-    return _step_maps(model.config, model.params, batch, groups, target, compose(edits),
-                      layers=layers, rule=rule, objective=objective)
+    edits = compose(edits)
+    starts = list(range(layers[0], model.config.num_layers, layers_per_pass))
+    spans = [(a, min(a + layers_per_pass, model.config.num_layers)) for a in starts]
+    entries = _entries(model.config, model.params, batch, edits, sites=tuple(f"blocks.{a}.resid_pre" for a in starts))
+    maps, upstream, loss = {}, None, None
+    for first, stop in reversed(spans):  # backward through the blocks, one range at a time
+        probed = tuple(layer for layer in layers if first <= layer < stop)
+        start_value = entries[f"blocks.{first}.resid_pre"]
+        value, found, upstream = _segment(
+            model.config, model.params, batch, groups, target, edits, start_value,
+            jnp.zeros_like(start_value) if upstream is None else upstream,
+            span=(first, stop), probed=probed, rule=rule, objective=objective)
+        loss = value if loss is None else loss
+        maps.update(zip(probed, found))
+    return loss, jnp.stack([maps[layer] for layer in layers])
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A small Coconut model trained from scratch, then ILI's probes and decode-time interventions on it.
 
-    python -m experiments.latent_coconut [--cot-steps 1000] [--steps 400] [--out results/latent_coconut]
+    python -m experiments.latent_coconut [--cot-steps 300] [--steps 100] [--out results/latent_coconut]
 
 No trained Coconut checkpoint can be downloaded here, so this script trains one on a seeded
 synthetic 3-step task: `Q a o b o c o d` with digits and o in {+, -} computed left to right
@@ -122,10 +122,10 @@ def decode_answers(model, prompt, edits=()):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cot-steps", type=int, default=1000, help="training steps of stage 0 (full CoT)")
-    parser.add_argument("--steps", type=int, default=400, help="training steps of each latent stage")
+    parser.add_argument("--cot-steps", type=int, default=300, help="training steps of stage 0 (full CoT)")
+    parser.add_argument("--steps", type=int, default=100, help="training steps of each latent stage")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--eval", type=int, default=512)
+    parser.add_argument("--eval", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/latent_coconut")
     args = parser.parse_args()

@@ -1,6 +1,6 @@
 """SalaMAnder on SmolLM2: CoSP, SSV and NoE of 1-shot demonstrations vs accuracy on 2-step arithmetic.
 
-    python -m experiments.salamander_cosp [--per-count 3] [--max-expressions 4] [--out results/salamander_cosp]
+    python -m experiments.salamander_cosp [--per-count 2] [--max-expressions 4] [--out results/salamander_cosp]
 
 Pool: `per-count` worked demonstrations for each expression count 1..`max-expressions`
 (reasoning-gym chain sums told as word problems, `a op b = c.` per step, from a training
@@ -38,10 +38,10 @@ def demonstration(problem) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-count", type=int, default=3)
+    parser.add_argument("--per-count", type=int, default=2)
     parser.add_argument("--max-expressions", type=int, default=4)
-    parser.add_argument("--shapley-problems", type=int, default=6)
-    parser.add_argument("--accuracy-problems", type=int, default=32)
+    parser.add_argument("--shapley-problems", type=int, default=4)
+    parser.add_argument("--accuracy-problems", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/salamander_cosp")
     args = parser.parse_args()

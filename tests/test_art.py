@@ -58,7 +58,7 @@ def test_replaced_heads_hold_the_most_local_heads_pattern(model):
 def test_local_mode_overwrites_the_most_local_heads(model):
     batch = spanned_batch()
     plain = model.run(batch, capture=CAPTURE)["blocks.0.attn.probs"]
-    after = model.run(batch, capture=CAPTURE, edits=art(model, top_k_ratio=0.25, replace="local"))["blocks.0.attn.probs"]
+    after = model.run(batch, capture=CAPTURE, edits=art(model, top_k_ratio=0.25, overwrite="local"))["blocks.0.attn.probs"]
     m = np.asarray(m_index(plain, visible_keys(batch)))[0]
     np.testing.assert_allclose(after[0, m.argmax()], plain[0, m.argmin()], atol=1e-6)
 

@@ -9,7 +9,7 @@ heads (`mode="mean"`, REPEAT = 0). Values and W_O are unchanged (O_h = A_h V_h).
 
 Where the release and the paper's wording disagree the spec decides: the code's environment
 default ASCENDING = 1 does the opposite (overwrites the k most local heads with the most uniform
-one); ART is ASCENDING = 0, the default here (`replace="uniform"`); `replace="local"` gives the
+one); ART is ASCENDING = 0, the default here (`overwrite="uniform"`); `overwrite="local"` gives the
 code's default. The code edits batch element 0 only; here every row is edited by its own
 ranking. Generation: with the KV cache (`generate`) the edit runs at prefill only
 (`apply_at="prefill"`) or also at every decode step on the single new row, whose m-index uses
@@ -34,7 +34,7 @@ from jaxinterp.models.sites import Context
 
 Array = jax.Array
 MODES = ("repeat", "mean")
-REPLACE = ("uniform", "local")
+OVERWRITE = ("uniform", "local")
 
 
 def replace_heads(probs: Array, scores: Array, count: Array | int, *, mode: str = "repeat") -> Array:
@@ -65,7 +65,7 @@ class ART(Edit):
       heads: k, the number of heads replaced per layer (an array leaf: a new k does not recompile).
       eps: the m-index's folding threshold (code: 1e-6).
       mode: `repeat` (copy the single most local head, code default) or `mean`.
-      replace: `uniform` (ART: overwrite the most uniform heads) or `local` (the code's
+      overwrite: `uniform` (ART: overwrite the most uniform heads) or `local` (the code's
         ASCENDING = 1 default: overwrite the most local heads with the most uniform one).
       apply_at: `prefill` or `every_step` (see `jaxinterp.attention.rows`).
       below_eps: how the m-index counts cells below eps (`drop`, the code; or `clamp`).
@@ -75,7 +75,7 @@ class ART(Edit):
     heads: Array | int = 1
     eps: Array | float = 1e-6
     mode: str = struct.field(pytree_node=False, default="repeat")
-    replace: str = struct.field(pytree_node=False, default="uniform")
+    overwrite: str = struct.field(pytree_node=False, default="uniform")
     apply_at: str = struct.field(pytree_node=False, default="prefill")
     below_eps: str = struct.field(pytree_node=False, default="drop")
 
@@ -89,13 +89,13 @@ class ART(Edit):
             return probs
         visible = visible_keys(ctx) & rows[:, None, :, None]
         uniformity = m_index(probs, visible, eps=self.eps, below_eps=self.below_eps)
-        ranked = uniformity if self.replace == "uniform" else -uniformity
+        ranked = uniformity if self.overwrite == "uniform" else -uniformity
         edited = replace_heads(probs, ranked, self.heads, mode=self.mode)
         return jnp.where(rows[:, None, :, None], edited, probs)
 
 
 def art(model, *, layers: Iterable[int] = (0,), top_k_ratio: float = 0.1, mode: str = "repeat",
-        replace: str = "uniform", apply_at: str = "prefill", eps: float = 1e-6, below_eps: str = "drop") -> ART:
+        overwrite: str = "uniform", apply_at: str = "prefill", eps: float = 1e-6, below_eps: str = "drop") -> ART:
     """The ART edit for `model` with the code's defaults (layer 0, 10% of the heads, repeat).
 
     Args:
@@ -103,16 +103,16 @@ def art(model, *, layers: Iterable[int] = (0,), top_k_ratio: float = 0.1, mode: 
       layers: shallow layers to edit.
       top_k_ratio: fraction of the heads replaced, in (0, 1]; k = round(H * ratio) (the code
         reads a ratio above 0.999 as an absolute count: build `ART(heads=k)` directly for that).
-      mode, replace, apply_at, eps, below_eps: see `ART`.
+      mode, overwrite, apply_at, eps, below_eps: see `ART`.
     """
     config = model.config
     if mode not in MODES:
         raise ArgumentError(f"mode: expected one of {MODES}, found {mode!r}")
-    if replace not in REPLACE:
-        raise ArgumentError(f"replace: expected one of {REPLACE}, found {replace!r}")
+    if overwrite not in OVERWRITE:
+        raise ArgumentError(f"overwrite: expected one of {OVERWRITE}, found {overwrite!r}")
     if below_eps not in BELOW_EPS:
         raise ArgumentError(f"below_eps: expected one of {BELOW_EPS}, found {below_eps!r}")
     check_apply_at(apply_at)
     return ART(layers=check_layers(layers, config.num_layers), heads=jnp.int32(heads_from_ratio(top_k_ratio,
-               config.num_heads)), eps=jnp.float32(eps), mode=mode, replace=replace, apply_at=apply_at,
+               config.num_heads)), eps=jnp.float32(eps), mode=mode, overwrite=overwrite, apply_at=apply_at,
                below_eps=below_eps)

@@ -109,10 +109,9 @@ def answer_scores(logits: Array, batch: Batch) -> tuple[Array, Array]:
     """Teacher-forced answer log-prob [B] (sum over the `answer` tokens) and exact match [B]
     (every answer token is the argmax: what greedy decoding would produce)."""
     answer = (batch.segments[:, 1:] == segment_id("answer")) & batch.mask[:, 1:]
-    targets = batch.tokens[:, 1:]
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    chosen = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    hit = jnp.argmax(logits[:, :-1], axis=-1) == targets
+    targets, logits = batch.tokens[:, 1:], logits[:, :-1]
+    chosen = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+    hit = jnp.argmax(logits, axis=-1) == targets
     return jnp.sum(jnp.where(answer, chosen, 0.0), axis=-1), jnp.all(hit | ~answer, axis=-1)
 
 

@@ -1,0 +1,147 @@
+"""Attention analysis and edits on the trained small VLM: sinks, EVAS, information flow, truncation.
+
+    python -m experiments.vlm_attention [--images 100] [--kind llava] [--out results/vlm_attention]
+
+The model is `experiments.small_vlm`'s (trained once, then cached): 32 x 32 images of coloured
+shapes, an 8 x 8 patch grid (64 image tokens), a two-block causal decoder. Held-out scenes
+(`jaxinterp.data.shapes`, split `heldout`) with four questions each (presence, colour, position,
+count); every span (image / question / answer) comes from the prompts' segments.
+
+1. Sink density by layer (EVAS step 4): the share of image columns whose sink score exceeds beta,
+   per head, at the paper's beta = 0.002 (set for LLaVA-1.5's ~620-token prompts) and at beta
+   scaled to this prompt length (beta x 576 / image tokens: the same multiple of a uniform share).
+2. EVAS on / off: greedy answers with EVAS on each decoder layer (the paper's layer 1 is this
+   model's last) at both betas; exact-match accuracy per question kind, flips, McNemar p-value.
+3. Information flow: attention mass from the image, question and template tokens to the answer
+   tokens (teacher-forced), per layer, and the suggested cliff layer.
+4. Truncation sweep: answer exact match and log-prob with the image hidden from layer K on
+   (R = 0, the paper's setting, and R = 8 kept tokens), for every K, against K = L (no truncation).
+
+Writes results.json, sinks_paper.png, sinks_scaled.png, flow.png and truncation.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from scipy import stats
+from tqdm.auto import tqdm
+
+from experiments import small_vlm
+from experiments.outputs import output_dir, plt, save_figure, save_json
+from jaxinterp.data import shapes
+from jaxinterp.methods.evas import evas, sink_profile
+from jaxinterp.methods.infoflow import information_flow
+from jaxinterp.methods.truncation import truncation_sweep
+from jaxinterp.models import segment_id
+from jaxinterp.viz import layer_head_heatmap
+
+PAPER_BETA = 0.002
+LLAVA_IMAGE_TOKENS = 576
+SOURCES = ("image", "question", "prompt")
+
+
+def chunks(rows: list, size: int):
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def generate(model, rows, edits, chunk: int) -> list[str]:
+    """Greedy answers (as `small_vlm.answer`) under `edits`."""
+    texts = []
+    for part in tqdm(list(chunks(rows, chunk)), desc="answering", leave=False):
+        texts += model.generate(small_vlm.prompts(model, part), max_new_tokens=small_vlm.ANSWER_LENGTH,
+                                edits=edits).texts
+    return [t.strip() for t in texts]
+
+
+def mcnemar(base: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Flips each way and the exact McNemar p-value of two paired correctness vectors."""
+    fixed, broken = int(np.sum(~base & other)), int(np.sum(base & ~other))
+    p = stats.binomtest(fixed, fixed + broken).pvalue if fixed + broken else 1.0
+    return {"fixed": fixed, "broken": broken, "mcnemar_exact_p": float(p)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=100, help="held-out scenes (4 questions each)")
+    parser.add_argument("--kind", default="llava", choices=["llava"], help="the causal small VLM")
+    parser.add_argument("--chunk", type=int, default=100, help="questions per forward")
+    parser.add_argument("--out", default="results/vlm_attention")
+    args = parser.parse_args()
+    folder = output_dir(args.out)
+    model = small_vlm.load_small_vlm(args.kind)
+    rows = small_vlm.pairs(shapes.examples("heldout", args.images, seed=1))
+    layers = model.config.num_layers
+    teacher = [small_vlm.prompts(model, part, answers=True) for part in chunks(rows, args.chunk)]
+    image_tokens = int(np.sum(np.asarray(teacher[0].segments[0]) == segment_id("image")))
+    betas = {"paper": PAPER_BETA, "scaled": PAPER_BETA * LLAVA_IMAGE_TOKENS / image_tokens}
+    results = {"model": small_vlm.cache_entry(small_vlm.Settings(kind=args.kind)), "questions": len(rows),
+               "image_tokens": image_tokens, "betas": betas}
+
+    print("1. sink density by layer")
+    density = {name: np.concatenate([sink_profile(model, b, beta=beta) for b in teacher], axis=1).mean(axis=1)
+               for name, beta in betas.items()}
+    results["sink_density"] = {name: d.tolist() for name, d in density.items()}
+
+    print("2. EVAS on / off")
+    truth = np.array([q.answer for _, q in rows])
+    answers = {"off": generate(model, rows, (), args.chunk)}
+    for layer in range(layers):
+        for name, beta in betas.items():
+            answers[f"layer {layer}, beta {name}"] = generate(model, rows, evas(model, layers=(layer,), beta=beta),
+                                                              args.chunk)
+    right = {label: np.array(texts) == truth for label, texts in answers.items()}
+    results["evas"] = {label: {"accuracy": small_vlm.accuracy(rows, texts),
+                               **({} if label == "off" else mcnemar(right["off"], right[label])),
+                               "answers_changed": int(np.sum(np.array(texts) != np.array(answers["off"])))}
+                       for label, texts in answers.items()}
+
+    print("3. information flow")
+    flows = [information_flow(model, b, sources=SOURCES) for b in teacher]
+    mass = np.nanmean(np.stack([f.mass for f in flows]), axis=0)
+    results["information_flow"] = {"sources": list(SOURCES), "mass": mass.tolist(),
+                                   "cliff_per_chunk": [f.cliff for f in flows]}
+
+    print("4. truncation sweep")
+    starts = list(range(layers + 1))
+    sweeps = {}
+    for count in (0, 8):
+        found = [truncation_sweep(model, b, starts, count=count) for b in teacher]
+        sweeps[count] = {"log_prob": np.concatenate([f["log_prob"] for f in found], axis=1),
+                         "correct": np.concatenate([f["correct"] for f in found], axis=1)}
+    results["truncation"] = {
+        f"R={count}": {"K": starts, "accuracy": s["correct"].mean(axis=1).tolist(),
+                       "answer_log_prob": s["log_prob"].mean(axis=1).tolist(),
+                       "vs_no_truncation": [mcnemar(s["correct"][-1], s["correct"][k]) for k in starts]}
+        for count, s in sweeps.items()}
+    save_json(folder, results)
+    _figures(density, mass, results, folder)
+
+
+def _figures(density: dict[str, np.ndarray], mass: np.ndarray, results: dict, folder: str) -> None:
+    for name, values in density.items():
+        fig = layer_head_heatmap(values, title=f"image sink density (beta {results['betas'][name]:.4f})",
+                                 colorbar="sink density", vmin=0, vmax=1)
+        save_figure(fig, folder, f"sinks_{name}.png")
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for i, source in enumerate(SOURCES):
+        ax.plot(np.arange(mass.shape[0]), mass[:, i], marker="o", label=source)
+    ax.set(xlabel="layer", ylabel="attention mass to the answer", title="information flow into the answer")
+    ax.set_xticks(range(mass.shape[0]))
+    ax.legend()
+    save_figure(fig, folder, "flow.png")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for label, sweep in results["truncation"].items():
+        axes[0].plot(sweep["K"], sweep["accuracy"], marker="o", label=label)
+        axes[1].plot(sweep["K"], sweep["answer_log_prob"], marker="o", label=label)
+    for ax, name in zip(axes, ("answer exact match", "answer log-prob")):
+        ax.set(xlabel="first layer without the image (K; K = L: none)", ylabel=name)
+        ax.set_xticks(results["truncation"]["R=0"]["K"])
+    axes[0].legend()
+    save_figure(fig, folder, "truncation.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,8 @@ so image token k is patch (k // 4, k % 4).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jaxinterp as ji
@@ -62,5 +61,24 @@ def image_batch(model: ji.Model, rows: int = 1, *, prefix: int = 3, suffix: int 
     return make_batch(tokens.astype(np.int32), segments=segments, pixels=pixels)
 
 
-def with_layers(model: ji.Model, layers: int) -> LlavaConfig:
-    return dataclasses.replace(model.config, text=dataclasses.replace(model.config.text, num_layers=layers))
+def planted(model: ji.Model, batch, patch: int, *, through_pixels: bool = False) -> tuple:
+    """Edits under which the output depends on the image through one patch only: no decoder query may
+    attend another image token, and the projector output is zero except at `patch`, where it is a fixed
+    positive vector, or (`through_pixels`) the patch's own features, each tower patch attending itself only."""
+    v = jnp.abs(jax.random.normal(jax.random.key(2), (model.config.text.hidden_size,))) + 0.5
+    first = int(np.flatnonzero(np.asarray(batch.segments[0]) == segment_id("image"))[0])
+
+    def only_patch(x, ctx, v):
+        kept = x[:, patch] if through_pixels else v.astype(x.dtype)
+        return jnp.zeros_like(x).at[:, patch].set(kept)
+
+    def hide_other_patches(x, ctx, args):
+        hidden = ctx.segment_mask("image", keys=True) & (ctx.key_positions != first + patch)
+        return jnp.where(hidden[:, None, None, :], -1e9, x)
+
+    def attend_self(x, ctx, args):
+        return jnp.where(jnp.eye(x.shape[-1], dtype=bool), x, -1e9)
+
+    edits = (ji.FunctionEdit(patterns=("projector.out",), fn=only_patch, args=v),
+             ji.FunctionEdit(patterns=("blocks.*.attn.scores",), fn=hide_other_patches))
+    return edits + (ji.FunctionEdit(patterns=("vision.blocks.*.attn.scores",), fn=attend_self),) * through_pixels

@@ -9,12 +9,13 @@ import pytest
 
 import jaxinterp as ji
 from jaxinterp import models
+from jaxinterp.attention import attention_rollout
 from jaxinterp.attribution import Function, Tokens, attribute, gradcam
 from jaxinterp.attribution.ops import max_normalise
 from jaxinterp.attribution.regions import image_features
 from jaxinterp.attribution.tam import eci
 from jaxinterp.models import segment_id
-from tests.attribution_tiny import GRID, image_batch, text_lm, vlm
+from tests.attribution_tiny import GRID, image_batch, planted, text_lm, vlm
 
 SITE = "blocks.1.resid_mid"
 
@@ -71,26 +72,9 @@ def test_integrated_gradients_are_complete():
     assert gxi.tokens.shape == (3, 2, 12) and gxi.sites == ("embed", "blocks.0.resid_post", "blocks.1.resid_post")
 
 
-def _planted(model, batch, patch):
-    """Edits under which the output depends on the image through one patch only: the projector
-    output is zero except a positive vector at `patch`, and no query may attend another image token."""
-    v = jnp.abs(jax.random.normal(jax.random.key(2), (model.config.text.hidden_size,))) + 0.5
-    first = int(np.flatnonzero(np.asarray(batch.segments[0]) == segment_id("image"))[0])
-
-    def only_patch(x, ctx, v):
-        return jnp.zeros_like(x).at[:, patch].set(v.astype(x.dtype))
-
-    def hide_other_patches(x, ctx, args):
-        hidden = ctx.segment_mask("image", keys=True) & (ctx.key_positions != first + patch)
-        return jnp.where(hidden[:, None, None, :], -1e9, x)
-
-    return (ji.FunctionEdit(patterns=("projector.out",), fn=only_patch, args=v),
-            ji.FunctionEdit(patterns=("blocks.*.attn.scores",), fn=hide_other_patches))
-
-
 def test_every_method_finds_a_planted_patch(model):
     batch, patch = image_batch(model), 9
-    edits = _planted(model, batch, patch)
+    edits = planted(model, batch, patch)
     last = batch.tokens.shape[1] - 1
     token = int(batch.tokens[0, last])
     # explain the direction in which the planted patch raises the score (Grad-CAM keeps positive evidence only)
@@ -165,6 +149,17 @@ def test_tam_removes_interference_by_least_squares(model, batch):
     assert out.image.shape == (1, 2, 1, GRID, GRID) and out.tokens.shape == (1, 2, batch.tokens.shape[1])
     assert 0 <= float(out.image.min()) and float(out.image.max()) <= 1 + 1e-6
     assert float(jnp.abs(out.tokens[0, :, 3:19]).max()) == 0  # image tokens carry no text score
+
+
+def test_rollout_of_identity_attention_is_identity(model, batch):
+    identity = ji.FunctionEdit(patterns=("blocks.*.attn.probs",),
+                               fn=lambda x, ctx, args: jnp.broadcast_to(jnp.eye(x.shape[-1], dtype=x.dtype), x.shape))
+    np.testing.assert_allclose(attention_rollout(model, batch, edits=identity), np.broadcast_to(np.eye(23), (2, 23, 23)))
+    out = attribute(model, batch, Tokens.at(20), method="rollout", edits=identity, region="tokens")
+    np.testing.assert_allclose(out.tokens[0], np.eye(23)[[19, 19]])  # the logits at 19 predict token 20
+    mixed = attribute(model, batch, Tokens.at([21, 22]), method="rollout")
+    assert mixed.image.shape == (1, 2, 1, GRID, GRID) and mixed.tokens.shape == (1, 2, 23)
+    np.testing.assert_allclose(mixed.tokens[0].sum(-1), 1.0, rtol=1e-5)  # rollout rows are distributions
 
 
 def test_bad_inputs_are_clear_errors(model, batch):

@@ -21,7 +21,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 
-from jaxinterp.attribution import diffusion_cam, gradcam, gradients, score_cam, tam
+from jaxinterp.attribution import diffusion_cam, gradcam, gradients, rollout, score_cam, tam
 from jaxinterp.attribution.regions import check_region
 from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.attribution.targets import Target, answer_tokens
@@ -37,6 +37,7 @@ METHODS: dict[str, tuple[Callable[..., Attribution], str | None]] = {
     "llava_cam": (gradcam.llava_cam, "blocks.*.resid_mid"),
     "score_cam": (score_cam.score_cam, "projector.out"),
     "tam": (tam.tam, None),
+    "rollout": (rollout.rollout, None),
     "grad_x_input": (gradients.grad_x_input, "embed"),
     "integrated_gradients": (gradients.integrated_gradients, "embed"),
     "diffusion_cam": (diffusion_cam.diffusion_cam, diffusion_cam.DEFAULT_SITE),

@@ -227,8 +227,12 @@ def transrate(features: Array, labels: Array, *, num_classes: int, eps: float = 
         chol = jnp.linalg.cholesky(jnp.eye(inner.shape[0], dtype=f.dtype) + inner / (m.sum() * eps))
         return jnp.sum(jnp.log(jnp.diagonal(chol)))
 
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=f.dtype)
-    return rate(jnp.ones(n, f.dtype)) - jax.vmap(rate)(onehot.T).mean()
+    # One batched Cholesky for the whole set and every class: two independent batched LAPACK
+    # calls in one program can deadlock XLA's CPU thread pool on two cores (both workers wait
+    # inside jax's ParallelBatchMap for tasks queued behind each other).
+    masks = jnp.concatenate([jnp.ones((1, n), f.dtype), jax.nn.one_hot(labels, num_classes, dtype=f.dtype).T])
+    rates = jax.vmap(rate)(masks)
+    return rates[0] - rates[1:].mean()
 
 
 def _largest_eigenvalue(a: Array, iterations: int) -> Array:

@@ -1,6 +1,6 @@
 """Running jaxinterp in child processes, so a crash, a hang or a kill cannot take the test runner down.
 
-`run_python` runs a script to completion; `LoaderWorker` keeps one child that loads file
+`run_python` runs a script to completion (`start_python` and `finish`, for several at once); `LoaderWorker` keeps one child that loads file
 after file (imports cost seconds, a load of a tiny model a fraction of one) and reports
 each outcome, restarting the child after it dies or stops answering.
 """
@@ -18,13 +18,25 @@ import textwrap
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_python(script: str, *, env: dict[str, str] | None = None, timeout: float = 300,
-               input: str | None = None) -> subprocess.CompletedProcess:
-    """Runs `script` in a fresh interpreter and asserts that it succeeded (its stderr tail in the message)."""
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env={**ENV, **(env or {})},
-                            capture_output=True, text=True, timeout=timeout, input=input)
-    assert result.returncode == 0, f"child exited {result.returncode}:\n{result.stderr[-4000:]}"
-    return result
+def start_python(script: str, *, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Starts `script` in a fresh interpreter (JAX on CPU), its output captured as text."""
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env={**ENV, **(env or {})},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(child: subprocess.Popen, *, timeout: float = 300, input: str | None = None) -> str:
+    """Waits for a child of `start_python`, asserts that it succeeded, and returns its stdout."""
+    try:
+        out, err = child.communicate(input=input, timeout=timeout)
+    finally:
+        child.kill()
+    assert child.returncode == 0, f"child exited {child.returncode}:\n{err[-4000:]}"
+    return out
+
+
+def run_python(script: str, *, env: dict[str, str] | None = None, timeout: float = 300, input: str | None = None) -> str:
+    """Runs `script` to completion in a fresh interpreter; its stdout."""
+    return finish(start_python(script, env=env), timeout=timeout, input=input)
 
 
 WORKER = """

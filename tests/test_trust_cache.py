@@ -21,7 +21,7 @@ import jaxinterp as ji
 from jaxinterp import cache, loader
 from jaxinterp.converters import orbax_dir
 from tests import gguf_tiny, hf_tiny
-from tests.isolated import ENV, run_python
+from tests.isolated import ENV, finish, run_python, start_python
 
 TOKENS = np.array([[1, 5, 9, 17, 33, 2]], np.int32)
 
@@ -154,17 +154,11 @@ np.save({out!r}, np.asarray(model(np.array({tokens}, np.int32))))
 
 
 def test_two_processes_loading_smollm2_at_once_end_with_one_good_entry(tmp_path):
-    env = {**ENV, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    children = [
-        subprocess.Popen([sys.executable, "-c", CONCURRENT_LOAD.format(out=str(tmp_path / f"{i}.npy"),
-                                                                      tokens=TOKENS.tolist())],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-        for i in range(2)
-    ]
-    outputs = [child.communicate(timeout=600) for child in children]
-    for child, (_, err) in zip(children, outputs):
-        assert child.returncode == 0, err[-3000:]
-    assert sum(out.count("converted") for out, _ in outputs) == 1
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    children = [start_python(CONCURRENT_LOAD.format(out=str(tmp_path / f"{i}.npy"), tokens=TOKENS.tolist()), env=env)
+                for i in range(2)]
+    outputs = [finish(child, timeout=600) for child in children]
+    assert sum(out.count("converted") for out in outputs) == 1
     root = os.path.join(tmp_path, "xdg", "jaxinterp")
     [entry] = _entries(root)
     source = cache.builtin_source("smollm2")
@@ -174,7 +168,7 @@ def test_two_processes_loading_smollm2_at_once_end_with_one_good_entry(tmp_path)
         import numpy as np, jaxinterp as ji
         np.testing.assert_array_equal(np.asarray(ji.load("smollm2")(np.array({TOKENS.tolist()}, np.int32))),
                                       np.load({str(tmp_path / "0.npy")!r}))
-    """, env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    """, env=env)
 
 
 def test_the_hash_memo_ignores_entries_that_are_not_digests(tmp_path, monkeypatch):

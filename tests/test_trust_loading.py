@@ -12,9 +12,6 @@ import json
 import os
 import pathlib
 import struct
-import subprocess
-import sys
-import textwrap
 import tracemalloc
 
 import pytest
@@ -23,6 +20,7 @@ import safetensors.numpy
 import jaxinterp as ji
 from jaxinterp.converters.gguf_file import GGUFFile
 from jaxinterp.converters.safetensors_file import SafetensorsFile
+from tests.isolated import run_python
 
 PACKAGE = pathlib.Path(ji.__file__).parent
 SOURCES = [PACKAGE, PACKAGE.parent / "converters", PACKAGE.parent / "models"]
@@ -115,7 +113,7 @@ def test_tokenizer_code_in_a_checkpoint_never_runs_even_when_a_user_says_yes(tmp
     ji.convert(folder, str(converted), progress=False)
     _plant_tokenizer_code(checkpoint, marker)
     _plant_tokenizer_code(converted / "tokenizer", marker)
-    script = textwrap.dedent(f"""
+    run_python(f"""
         import jaxinterp as ji
         for source in ({str(checkpoint)!r}, {str(converted)!r}):
             try:
@@ -124,9 +122,7 @@ def test_tokenizer_code_in_a_checkpoint_never_runs_even_when_a_user_says_yes(tmp
                 assert "never runs code" in str(e), e
             else:
                 raise AssertionError(source + " loaded a tokenizer that needs its own code")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], input="y\ny\n", capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """, input="y\ny\n")
     assert not marker.exists()
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxinterp.edits import Edit
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models.masks import MASKED
 from jaxinterp.models.sites import Context, segment_id
@@ -57,3 +58,23 @@ def own_keys(ctx: Context, visible: Array) -> Array:
         return (jnp.arange(length)[:, None] == jnp.arange(keys)[None, :])[None, None]
     last = keys - 1 - jnp.argmax(visible[:, :1, :, ::-1], axis=-1)  # [B, 1, T]
     return jnp.arange(keys) == last[..., None]
+
+
+class RowEdit(Edit):
+    """Base of edits that rewrite the probabilities of `self.layers` row by row at `self.apply_at`:
+    subclasses implement `rewrite(probs, visible, ctx)`, which sees only the edited rows as visible
+    and whose result is kept on those rows alone."""
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(f"blocks.{layer}.attn.probs" for layer in self.layers)
+
+    def rewrite(self, probs: Array, visible: Array, ctx: Context) -> Array:
+        raise NotImplementedError
+
+    def __call__(self, probs: Array, ctx: Context) -> Array:
+        rows = edited_rows(ctx, self.apply_at)
+        if rows is None:
+            return probs
+        rows = rows[:, None, :, None]
+        return jnp.where(rows, self.rewrite(probs, visible_keys(ctx) & rows, ctx), probs)

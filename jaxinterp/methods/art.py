@@ -26,9 +26,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxinterp.attention.checks import check_layers, heads_from_ratio
-from jaxinterp.attention.rows import check_apply_at, edited_rows, visible_keys
+from jaxinterp.attention.rows import RowEdit, check_apply_at
 from jaxinterp.attention.uniformity import BELOW_EPS, m_index
-from jaxinterp.edits import Edit
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models.sites import Context
 
@@ -57,7 +56,7 @@ def replace_heads(probs: Array, scores: Array, count: Array | int, *, mode: str 
 
 
 @struct.dataclass
-class ART(Edit):
+class ART(RowEdit):
     """ART on `blocks.{l}.attn.probs` of `layers` (build it with `art`, which checks the arguments).
 
     Attributes:
@@ -79,19 +78,10 @@ class ART(Edit):
     apply_at: str = struct.field(pytree_node=False, default="prefill")
     below_eps: str = struct.field(pytree_node=False, default="drop")
 
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return tuple(f"blocks.{layer}.attn.probs" for layer in self.layers)
-
-    def __call__(self, probs: Array, ctx: Context) -> Array:
-        rows = edited_rows(ctx, self.apply_at)
-        if rows is None:
-            return probs
-        visible = visible_keys(ctx) & rows[:, None, :, None]
+    def rewrite(self, probs: Array, visible: Array, ctx: Context) -> Array:
         uniformity = m_index(probs, visible, eps=self.eps, below_eps=self.below_eps)
-        ranked = uniformity if self.overwrite == "uniform" else -uniformity
-        edited = replace_heads(probs, ranked, self.heads, mode=self.mode)
-        return jnp.where(rows[:, None, :, None], edited, probs)
+        return replace_heads(probs, uniformity if self.overwrite == "uniform" else -uniformity, self.heads,
+                             mode=self.mode)
 
 
 def art(model, *, layers: Iterable[int] = (0,), top_k_ratio: float = 0.1, mode: str = "repeat",

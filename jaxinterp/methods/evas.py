@@ -26,7 +26,7 @@ import numpy as np
 from flax import struct
 
 from jaxinterp.attention.checks import check_count, check_layers, check_segment
-from jaxinterp.attention.rows import check_apply_at, edited_rows, own_keys, visible_keys
+from jaxinterp.attention.rows import RowEdit, check_apply_at, own_keys
 from jaxinterp.attention.sinks import FORMS, column_sink_scores, sink_density
 from jaxinterp.attention.spans import require_tokens, span_mask
 from jaxinterp.attention.streaming import layer_patterns
@@ -54,7 +54,7 @@ def broadcast_densest(probs: Array, density: Array, targets: Array | int, *, ski
 
 
 @struct.dataclass
-class EVAS(Edit):
+class EVAS(RowEdit):
     """EVAS on `blocks.{l}.attn.probs` of `layers` (build it with `evas`, which checks the arguments).
 
     Attributes:
@@ -76,21 +76,12 @@ class EVAS(Edit):
     apply_at: str = struct.field(pytree_node=False, default="prefill")
     skip_head_zero: bool = struct.field(pytree_node=False, default=False)
 
-    @property
-    def sites(self) -> tuple[str, ...]:
-        return tuple(f"blocks.{layer}.attn.probs" for layer in self.layers)
-
-    def __call__(self, probs: Array, ctx: Context) -> Array:
-        rows = edited_rows(ctx, self.apply_at)
-        if rows is None:
-            return probs
-        visible = visible_keys(ctx) & rows[:, None, :, None]
+    def rewrite(self, probs: Array, visible: Array, ctx: Context) -> Array:
         keys = span_mask(self.span, ctx.key_segments)
         scores = column_sink_scores(probs, visible, keys, span_mask(self.span, ctx.segments),
                                     own=own_keys(ctx, visible), form=self.form)
-        edited = broadcast_densest(probs, sink_density(scores, keys, self.beta), self.targets,
-                                   skip_head_zero=self.skip_head_zero)
-        return jnp.where(rows[:, None, :, None], edited, probs)
+        return broadcast_densest(probs, sink_density(scores, keys, self.beta), self.targets,
+                                 skip_head_zero=self.skip_head_zero)
 
 
 def evas(model: Any, *, layers: Iterable[int] = (1,), beta: float = 0.002, targets: int | None = None,

@@ -1,5 +1,8 @@
-"""Figures: every function returns a matplotlib Figure and optionally saves it."""
+"""Figures: every function returns a matplotlib Figure and optionally saves it (the HTML report writes a file)."""
 
 from jaxinterp.viz.heatmap import layer_head_heatmap
+from jaxinterp.viz.overlay import image_overlay, layer_grid
+from jaxinterp.viz.report import attribution_report
+from jaxinterp.viz.token_strip import token_strip
 
-__all__ = ["layer_head_heatmap"]
+__all__ = ["attribution_report", "image_overlay", "layer_grid", "layer_head_heatmap", "token_strip"]

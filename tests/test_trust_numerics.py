@@ -105,6 +105,19 @@ def test_gradients_stay_finite_when_logits_saturate(tiny_checkpoint, dtype):
     assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads.values())
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attribution_is_float32_and_finite_when_logits_saturate(tiny_checkpoint, dtype):
+    attribution = pytest.importorskip("jaxinterp.attribution")
+    folder, _ = tiny_checkpoint("smol")
+    model = _saturated(ji.load(folder, dtype=dtype, progress=False), 1e5)
+    for method, score, options in (("grad_x_input", "logprob", {}), ("grad_x_input", "prob", {}),
+                                   ("integrated_gradients", "logprob", {"steps": 4})):
+        out = attribution.attribute(model, TOKENS, attribution.Tokens.at(7, score=score), method=method, **options)
+        for name in ("values", "tokens"):
+            array = getattr(out, name)
+            assert array.dtype == jnp.float32 and np.isfinite(np.asarray(array)).all(), (method, score, name)
+
+
 DETERMINISM = """
 import jax.numpy as jnp, numpy as np, jaxinterp as ji
 from jaxinterp.models import make_batch

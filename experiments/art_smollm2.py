@@ -1,6 +1,6 @@
 """ART on SmolLM2: is attention more uniform in shallow layers, and does replacing it help recall?
 
-    python -m experiments.art_smollm2 [--questions 32] [--out results/art_smollm2]
+    python -m experiments.art_smollm2 [--questions 24] [--out results/art_smollm2]
 
 Questions are seeded samples of BIG-bench tasks with unambiguous answers: capitals
 (`qa_wikidata`, "The capital of X is" -> Y) and one-digit arithmetic (`arithmetic`, "What is 3
@@ -92,7 +92,7 @@ def completions(items: list[Question]) -> list[tuple[int, str, str]]:
     return rows + [(i, q.prompt, c) for i, q in enumerate(items) for c in q.false]
 
 
-def encode(model: jaxinterp.Model, rows: list[tuple[int, str, str]], widths=(32, 96)) -> list[tuple[np.ndarray, object]]:
+def encode(model: jaxinterp.Model, rows: list[tuple[int, str, str]], widths=(16, 32, 96)) -> list[tuple[np.ndarray, object]]:
     """Rows as right-padded batches, one per width in `widths` (each row in the narrowest that fits,
     so short rows do not pay for long ones): [(row indices, batch)]; prompts `question`, completions `answer`."""
     tokenizer = model.tokenizer
@@ -185,7 +185,7 @@ def paired_delta(base: np.ndarray, other: np.ndarray) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--questions", type=int, default=32, help="questions per task")
+    parser.add_argument("--questions", type=int, default=24, help="questions per task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk", type=int, default=32, help="rows per forward")
     parser.add_argument("--out", default="results/art_smollm2")

@@ -1,6 +1,11 @@
-"""Tiny random models shared by the attention-method tests: a GQA decoder and a 4 x 4-patch VLM."""
+"""Tiny random models shared by the attention-method tests: a GQA decoder and a 4 x 4-patch VLM.
+
+Models are built once per test process (their compiled programs are shared across test files).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
@@ -18,6 +23,7 @@ VOCAB = 48
 WORDS = "is there a red square blue circle yes no answer or what colour the".split()
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_decoder(layers: int = 3, seed: int = 1) -> ji.Model:
     """A 4-head, 2-kv-head Llama without tokenizer (no end-of-sequence: generation runs every step)."""
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=layers, num_heads=4,
@@ -40,6 +46,7 @@ def spanned_batch(*, rows: int = 2, before: int = 3, span: int = 16, after: int 
     return make_batch(tokens, mask, segments=segments, positions=positions)
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_vlm(seed: int = 4) -> ji.Model:
     """LLaVA over a SigLIP tower: 16 x 16 images, 4 x 4 patches = 16 image tokens, 2 decoder layers
     (seed 4: greedy answers to `vlm_batch` never hold `<image>` or `<eos>`, see `recompute`)."""

@@ -23,10 +23,11 @@ from typing import Any
 
 import jax
 
-from jaxinterp.errors import CheckpointError
+from jaxinterp.errors import CheckpointError, shown
 
 FORMAT = 1
 MANIFEST = "jaxinterp.json"
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # parameter dtypes a converted directory may hold
 
 
 def is_converted(path: str | os.PathLike) -> bool:
@@ -82,7 +83,7 @@ def _fsync(path: str) -> None:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a converted directory, checked for format."""
+    """The manifest of a converted directory, checked for format and the fields a restore reads first."""
     manifest_path = os.path.join(path, MANIFEST)
     try:
         with open(manifest_path) as f:
@@ -92,7 +93,13 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{manifest_path}: expected a JSON object, found {type(manifest).__name__}")
     if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{manifest_path}: format: expected {FORMAT}, found {manifest.get('format')!r}")
+        raise CheckpointError(f"{manifest_path}: format: expected {FORMAT}, found {shown(repr(manifest.get('format')))}")
+    for key, expected in (("family", str), ("config", dict)):
+        if not isinstance(manifest.get(key), expected):
+            raise CheckpointError(f"{manifest_path}: {key}: expected a {expected.__name__}, "
+                                  f"found {shown(repr(manifest.get(key)))}")
+    if manifest.get("dtype") not in DTYPES:
+        raise CheckpointError(f"{manifest_path}: dtype: expected one of {DTYPES}, found {shown(repr(manifest.get('dtype')))}")
     return manifest
 
 

@@ -375,3 +375,18 @@ def test_empty_and_tiny_files_are_named(tmp_path):
             path.write_bytes(b"G" * size)
             with pytest.raises(ji.CheckpointError, match=str(path)):
                 reader(path)
+
+
+@pytest.mark.parametrize("manifest, field", [
+    ("{not json", "unreadable"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"format": 2}', "format"),
+    ('{"format": 1, "config": {}}', "family"),
+    ('{"format": 1, "family": "llama", "config": []}', "config"),
+    ('{"format": 1, "family": "llama", "config": {}, "dtype": "object"}', "dtype"),
+])
+def test_a_converted_directory_with_a_broken_manifest_is_named(tmp_path, manifest, field):
+    (tmp_path / "jaxinterp.json").write_text(manifest)
+    with pytest.raises(ji.CheckpointError, match=field) as error:
+        ji.load(str(tmp_path))
+    assert str(tmp_path / "jaxinterp.json") in str(error.value)

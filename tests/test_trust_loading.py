@@ -158,6 +158,21 @@ def test_pickles_load_only_through_the_weights_only_path():
                 assert ast.literal_eval(keywords["weights_only"]) is True, f"{path}:{call.lineno}"
 
 
+def _refused_cheaply(reader, path: pathlib.Path, field: str) -> None:
+    """`reader(path)` raises a CheckpointError naming the file and `field`, printable, having
+    allocated under 8 MiB (the headers claim far more)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ji.CheckpointError) as error:
+            reader(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(error.value) and field in str(error.value)
+    assert str(error.value).isprintable()
+    assert peak < 8 * 2**20, f"{peak} bytes allocated to reject a {path.stat().st_size}-byte file"
+
+
 # -- malformed safetensors -------------------------------------------------------------------------
 
 
@@ -200,16 +215,7 @@ MALFORMED_SAFETENSORS = {
 def test_malformed_safetensors_are_rejected_naming_file_and_field_before_allocating(tmp_path, case):
     kwargs, field = MALFORMED_SAFETENSORS[case]
     path = _safetensors(tmp_path / "model.safetensors", **kwargs)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ji.CheckpointError) as error:
-            SafetensorsFile(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(error.value) and field in str(error.value)
-    assert str(error.value).isprintable()
-    assert peak < 8 * 2**20, f"{peak} bytes allocated to reject a {path.stat().st_size}-byte file"
+    _refused_cheaply(SafetensorsFile, path, field)
 
 
 def test_malformed_safetensors_fail_through_load_and_leave_nothing(tmp_path, tiny_checkpoint):
@@ -319,16 +325,7 @@ MALFORMED_GGUF = {
 def test_malformed_gguf_is_rejected_naming_file_and_field_before_allocating(tmp_path, case):
     kwargs, field = MALFORMED_GGUF[case]
     path = _gguf(tmp_path / "model.gguf", **kwargs)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ji.CheckpointError) as error:
-            GGUFFile(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert str(path) in str(error.value) and field in str(error.value)
-    assert str(error.value).isprintable()
-    assert peak < 8 * 2**20, f"{peak} bytes allocated to reject a {path.stat().st_size}-byte file"
+    _refused_cheaply(GGUFFile, path, field)
 
 
 def _with(key: str, kind: int, value) -> list:

@@ -10,7 +10,7 @@ import pytest
 import jaxinterp as ji
 from jaxinterp.methods.infoflow import cliff_layer, information_flow
 from jaxinterp.methods.recompute import greedy
-from jaxinterp.methods.truncation import Truncate, answer_scores, keep_top, last_query, truncation_sweep
+from jaxinterp.methods.truncation import Truncate, answer_scores, keep_top, last_query, truncate, truncation_sweep
 from jaxinterp.models import segment_id
 from tests.attention_fixtures import tiny_decoder, tiny_vlm, vlm_batch
 
@@ -99,14 +99,15 @@ def test_sweep_over_k_equals_separate_forwards(vlm):
         found = truncation_sweep(vlm, batch, [0, 1, 2], count=count)
         assert found["log_prob"].shape == found["correct"].shape == (3, 2)
         for i, start in enumerate((0, 1, 2)):
-            edit = Truncate(start=start, keep=keep_top(vlm, batch, start=start, count=count))
-            log_prob, correct = answer_scores(vlm(batch, edits=edit), batch)
+            log_prob, correct = answer_scores(vlm(batch, edits=truncate(vlm, batch, start=start, count=count)), batch)
             np.testing.assert_allclose(found["log_prob"][i], log_prob, atol=1e-4)
             np.testing.assert_array_equal(found["correct"][i], correct)
     with pytest.raises(ji.ArgumentError, match="span 'answer'"):
         truncation_sweep(vlm, vlm_batch(vlm), [1])
     with pytest.raises(ji.ArgumentError, match=r"count: expected an integer in \[0, 16\]"):
         keep_top(vlm, batch, start=1, count=17)
+    with pytest.raises(ji.ArgumentError, match=r"start: expected layer indices >= 0, found \[-1\]"):
+        truncate(vlm, batch, start=-1)
 
 
 def test_truncation_on_a_text_model_span_and_no_recompile():

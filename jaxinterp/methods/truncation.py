@@ -89,8 +89,6 @@ def keep_top(model: Any, inputs: Any, *, start: int, count: int, span: str = "im
     check_count(count, int(inside.sum(axis=1).min()), argument="count")
     if count == 0:
         return None
-    if start < 0:
-        raise ArgumentError(f"start: expected a layer index >= 0, found {start}")
     if start == 0:
         weights = jax.random.uniform(jax.random.key(seed), inside.shape)
     else:
@@ -103,6 +101,22 @@ def keep_top(model: Any, inputs: Any, *, start: int, count: int, span: str = "im
         order = np.argsort(-weights[row, columns], kind="stable")
         keep[row, order[:count]] = True
     return jnp.asarray(keep)
+
+
+def check_starts(starts: Sequence[int]) -> list[int]:
+    """First truncated layers as ints; each must be >= 0 (one beyond the last layer truncates nothing)."""
+    bad = [k for k in starts if k < 0]
+    if bad or not starts:
+        raise ArgumentError(f"start: expected layer indices >= 0, found {list(starts)}")
+    return [int(k) for k in starts]
+
+
+def truncate(model: Any, inputs: Any, *, start: int, count: int = 0, span: str = "image", seed: int = 0) -> Truncate:
+    """The truncation edit for these inputs: the span hidden from layer `start` on, keeping the
+    `count` tokens `keep_top` picks (R = count; 0 hides them all)."""
+    check_starts([start])
+    return Truncate(start=jnp.int32(start), keep=keep_top(model, inputs, start=start, count=count, span=span,
+                                                          seed=seed), span=check_segment(span))
 
 
 def answer_scores(logits: Array, batch: Batch) -> tuple[Array, Array]:
@@ -126,7 +140,7 @@ def truncation_sweep(model: Any, inputs: Any, starts: Sequence[int], *, count: i
     """
     batch = model.batch(inputs)
     require_tokens("answer", batch.segments)
-    starts = [int(k) for k in starts]
+    starts = check_starts(starts)
     keeps = [keep_top(model, batch, start=k, count=count, span=span, seed=seed) for k in starts]
     config, params, extra = model.config, model.params, model._edits(edits)
     variations = {"start": jnp.asarray(starts, jnp.int32)}

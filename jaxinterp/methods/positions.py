@@ -189,8 +189,7 @@ class SchemeMask(Edit):
 
         query_image, query_rank = describe(ctx.segments)
         key_image, key_rank = describe(ctx.key_segments)
-        same = (query_image[:, :, None] >= 0) & (query_image[:, :, None] == key_image[:, None, :])
-        same = same & (key_rank[:, None, :] >= 0) & (query_rank[:, :, None] >= 0)
+        same = (query_image[:, :, None] >= 0) & (query_image[:, :, None] == key_image[:, None, :])  # grid pairs
         causal = jnp.arange(keys)[None, :] <= jnp.arange(length)[:, None]
         allowed = jnp.where(same, key_rank[:, None, :] <= query_rank[:, :, None], causal[None])
         return jnp.where(allowed[:, None], scores, MASKED)

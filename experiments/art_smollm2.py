@@ -11,8 +11,8 @@ sentence), so accuracy is the exact match greedy decoding would give and log-pro
 
 1. Uniformity by layer: normalised entropy and the m-index (both the release's `drop` and the
    monotone `clamp` treatment of underflowing cells) of every head over the prompts, streamed
-   layer by layer; Spearman's rho of the per-layer means against depth and the shallow (first
-   five) vs deep (last five) means answer "is attention more uniform in shallow layers?".
+   layer by layer; Spearman's rho of the per-layer head medians against depth and the shallow
+   (first five) vs deep (last five) medians answer "is attention more uniform in shallow layers?".
 2. ART (prefill, repeat mode, most uniform heads replaced) at the code's defaults (layer 0, 10% of
    heads = 1 of 9) and variations, plus the release's ASCENDING = 1 default (`overwrite="local"`):
    accuracy and answer log-prob per task, the log-prob of true and false choices, paired deltas
@@ -44,7 +44,7 @@ from jaxinterp.edits import compose
 from jaxinterp.methods.art import art
 from jaxinterp.methods.truncation import answer_scores
 from jaxinterp.models import make_batch, segment_id
-from jaxinterp.viz import layer_head_heatmap
+from jaxinterp.viz import layer_head_heatmap, layer_profiles
 
 QUESTION, ANSWER = segment_id("question"), segment_id("answer")
 # label -> (layers, top-k ratio, overwrite); k = 0 runs the plain model through the same program
@@ -148,12 +148,14 @@ def uniformity(model: jaxinterp.Model, batch) -> dict[str, np.ndarray]:
     return {name: np.stack(values) for name, values in found.items()}
 
 
-def depth_summary(per_head: np.ndarray, shallow: int = 5) -> dict[str, float]:
-    """Per-layer means against depth: Spearman's rho and p, and the shallow vs deep means."""
-    means = per_head.mean(axis=1)
-    rho, p = stats.spearmanr(np.arange(len(means)), means)
-    return {"spearman_rho_vs_depth": float(rho), "p": float(p), "shallow_mean": float(means[:shallow].mean()),
-            "deep_mean": float(means[-shallow:].mean()), "per_layer_mean": means.tolist()}
+def depth_summary(per_head: np.ndarray, shallow: int = 5) -> dict:
+    """Per-layer head medians (robust to the m-index's heavy tail) against depth: Spearman's rho and
+    p, and the shallow (first `shallow` layers) vs deep (last `shallow`) medians."""
+    medians = np.median(per_head, axis=1)
+    rho, p = stats.spearmanr(np.arange(len(medians)), medians)
+    return {"spearman_rho_vs_depth": float(rho), "p": float(p), "shallow_median": float(np.median(medians[:shallow])),
+            "deep_median": float(np.median(medians[-shallow:])), "per_layer_median": medians.tolist(),
+            "per_layer_mean": per_head.mean(axis=1).tolist()}
 
 
 def summarise(items: list[Question], rows, log_prob: np.ndarray, hit: np.ndarray) -> dict[str, dict]:
@@ -220,15 +222,8 @@ def main() -> None:
 
 
 def _figures(found: dict[str, np.ndarray], results: dict, folder: str) -> None:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, (name, values) in zip(axes, found.items()):
-        layers = np.arange(values.shape[0])
-        ax.plot(np.repeat(layers, values.shape[1]), values.ravel(), ".", color="grey", alpha=0.4, label="head")
-        ax.plot(layers, values.mean(axis=1), color="tab:blue", label="layer mean")
-        ax.set(xlabel="layer", ylabel=name.replace("_", " "), title=name.replace("_", " ") + " by layer")
-        if name.startswith("m_index"):
-            ax.set_yscale("log")
-    axes[0].legend()
+    fig = layer_profiles({name.replace("_", " "): values for name, values in found.items()},
+                         title="SmolLM2 attention uniformity over the prompts", log=("m index", "m index clamp"))
     save_figure(fig, folder, "uniformity.png")
     for name in ("entropy", "m_index"):
         figure = layer_head_heatmap(found[name], title=f"SmolLM2 {name.replace('_', '-')} per head (prompts)",

@@ -90,10 +90,9 @@ def _saturated(model: ji.Model, scale: float) -> ji.Model:
     return ji.Model(model.config, params, source="saturated")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gradients_stay_finite_when_logits_saturate(tiny_checkpoint, dtype):
+def test_gradients_stay_finite_when_logits_saturate(tiny_checkpoint):
     folder, _ = tiny_checkpoint("smol")
-    model = _saturated(ji.load(folder, dtype=dtype, progress=False), 1e5)
+    model = _saturated(ji.load(folder, progress=False), 1e5)
     logits = np.asarray(model(TOKENS))
     assert np.abs(logits).max() > 1e5 and np.isfinite(logits).all()
 
@@ -105,13 +104,11 @@ def test_gradients_stay_finite_when_logits_saturate(tiny_checkpoint, dtype):
     assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads.values())
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_attribution_is_float32_and_finite_when_logits_saturate(tiny_checkpoint, dtype):
+def test_bf16_attribution_is_float32_and_finite_when_logits_saturate(tiny_checkpoint):
     attribution = pytest.importorskip("jaxinterp.attribution")
     folder, _ = tiny_checkpoint("smol")
-    model = _saturated(ji.load(folder, dtype=dtype, progress=False), 1e5)
-    for method, score, options in (("grad_x_input", "logprob", {}), ("grad_x_input", "prob", {}),
-                                   ("integrated_gradients", "logprob", {"steps": 4})):
+    model = _saturated(ji.load(folder, dtype="bfloat16", progress=False), 1e5)
+    for method, score, options in (("grad_x_input", "prob", {}), ("integrated_gradients", "logprob", {"steps": 4})):
         out = attribution.attribute(model, TOKENS, attribution.Tokens.at(7, score=score), method=method, **options)
         for name in ("values", "tokens"):
             array = getattr(out, name)

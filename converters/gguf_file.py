@@ -64,11 +64,14 @@ class GGUFFile:
         arch = self.metadata.get("general.architecture")
         if arch not in ARCHITECTURES:
             raise CheckpointError(
-                f"{self.path}: metadata field general.architecture: expected one of {sorted(ARCHITECTURES)}, found {shown(repr(arch))}"
+                f"{self.path}: metadata field general.architecture: expected one of {sorted(ARCHITECTURES)}, "
+                f"found {shown(repr(arch))}"
             )
         self.architecture = arch
         self._tensors: dict[str, TensorInfo] = {}
         for tensor in header.tensors.values():
+            if tensor.name == "rope_freqs.weight":
+                raise CheckpointError(f"{self.path}: tensor rope_freqs.weight: per-frequency rope factors are not supported")
             hf = _hf_name(tensor.name)
             if hf is None:
                 raise CheckpointError(f"{self.path}: tensor {tensor.name}: not a tensor of a {arch} model")
@@ -106,8 +109,6 @@ class GGUFFile:
 
     def hf_config(self) -> dict[str, Any]:
         """The Hugging Face `config.json` equivalent of the file's metadata, checked against its tensors."""
-        if "rope_freqs.weight" in {t.name for t in self._tensors.values()}:
-            raise CheckpointError(f"{self.path}: tensor rope_freqs.weight: per-frequency rope factors are not supported")
         blocks = {name.split(".")[2] for name in self._tensors if name.startswith("model.layers.")}
         heads = self._size("attention.head_count")
         hidden = self._size("embedding_length")

@@ -387,3 +387,9 @@ def test_a_converted_directory_with_a_broken_manifest_is_named(tmp_path, manifes
     with pytest.raises(ji.CheckpointError, match=field) as error:
         ji.load(str(tmp_path))
     assert str(tmp_path / "jaxinterp.json") in str(error.value)
+
+
+def test_gguf_rope_factors_are_refused_by_name(tmp_path):
+    path = _gguf(tmp_path / "model.gguf", tensors=[*TENSORS, ("rope_freqs.weight", (8,), F32, 192)], data=b"\0" * 224)
+    with pytest.raises(ji.CheckpointError, match="rope_freqs.weight: per-frequency rope factors are not supported"):
+        GGUFFile(path)

@@ -62,7 +62,7 @@ class GGUFFile:
         header = read_header(self.path, self._data)
         self.metadata = header.metadata
         arch = self.metadata.get("general.architecture")
-        if arch not in ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise CheckpointError(
                 f"{self.path}: metadata field general.architecture: expected one of {sorted(ARCHITECTURES)}, "
                 f"found {shown(repr(arch))}"

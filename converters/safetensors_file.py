@@ -93,7 +93,7 @@ class SafetensorsFile:
         if not isinstance(entry, dict):
             raise self._fail(field, f"expected an object, found {type(entry).__name__}")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise self._fail(field, f"dtype: expected one of {sorted(DTYPES)}, found {dtype!r}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise self._fail(field, f"shape: expected a list of non-negative integers, found {shape!r}")

@@ -200,7 +200,8 @@ class Model:
     @functools.cached_property
     def sites(self) -> tuple[str, ...]:
         """Every site name of this model, in forward order."""
-        return tuple(self.site_shapes(models.example_batch(self.config)))
+        with jax.ensure_compile_time_eval():  # bookkeeping: never staged into a caller's trace
+            return tuple(self.site_shapes(models.example_batch(self.config)))
 
     def site_shapes(self, inputs: Inputs) -> dict[str, jax.ShapeDtypeStruct]:
         """Shape and dtype of every site for these inputs (computed abstractly, nothing runs)."""

@@ -15,6 +15,7 @@ each chunk's variation axis is split over all mesh devices.
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable
 from typing import Any
@@ -75,20 +76,34 @@ def _parse_budget(budget: int | str) -> int:
     return int(budget)
 
 
+# Compiled batched programs, keyed by the traced program's text: a sweep of the same function
+# over inputs of the same shapes reuses its program even when `fn` is a fresh closure.
+_PROGRAMS: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
+_PROGRAM_SLOTS = 16
+
+
 def _hoisted(fn: Callable, inputs: Any, one: Any) -> tuple[Callable, list, Any]:
     """`fn` traced once, with every array it closes over (a model's params) turned into an argument.
 
-    Returns (call(consts, inputs, variation), consts, jaxpr). Without this the closed-over
-    params would be baked into the compiled program as constants (huge programs, slow compiles).
+    Returns (batched(consts, inputs, variations), consts, jaxpr): the jitted vmap of `fn` over
+    the variations' leading axis. Without hoisting, the closed-over params would be baked into
+    the compiled program as constants (huge programs, slow compiles).
     """
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(inputs, one)
     out_tree = jax.tree.structure(out_shape)
+    key = (str(closed.jaxpr), tuple((jnp.shape(c), jnp.result_type(c)) for c in closed.consts), out_tree)
+    if key not in _PROGRAMS:
+        jaxpr = closed.jaxpr
 
-    def call(consts, inputs, variation):
-        flat = jax.tree.leaves((inputs, variation))
-        return jax.tree.unflatten(out_tree, jcore.jaxpr_as_fun(jcore.ClosedJaxpr(closed.jaxpr, consts))(*flat))
+        def call(consts, inputs, variation):
+            flat = jax.tree.leaves((inputs, variation))
+            return jax.tree.unflatten(out_tree, jcore.jaxpr_as_fun(jcore.ClosedJaxpr(jaxpr, consts))(*flat))
 
-    return call, closed.consts, closed.jaxpr
+        _PROGRAMS[key] = jax.jit(jax.vmap(call, in_axes=(None, None, 0)))
+        if len(_PROGRAMS) > _PROGRAM_SLOTS:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(key)
+    return _PROGRAMS[key], closed.consts, closed.jaxpr
 
 
 def chunk_size_for(jaxpr, budget: int | str) -> int:
@@ -114,11 +129,10 @@ def sweep(
     if count is None or any(jnp.ndim(x) == 0 or jnp.shape(x)[0] != count for x in leaves):
         raise ArgumentError(f"variations: every leaf needs the same leading axis; found shapes {[jnp.shape(x) for x in leaves]}")
     variations = jax.tree.map(jnp.asarray, variations)
-    call, consts, jaxpr = _hoisted(fn, inputs, jax.tree.map(lambda x: x[0], variations))
+    batched, consts, jaxpr = _hoisted(fn, inputs, jax.tree.map(lambda x: x[0], variations))
     size = chunk_size or chunk_size_for(jaxpr, memory_budget)
     devices = mesh.size if mesh is not None else 1
     size = max(devices, -(-min(size, count) // devices) * devices)  # a multiple of the device count
-    batched = jax.jit(jax.vmap(call, in_axes=(None, None, 0)))
     place = None
     if mesh is not None:
         sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))

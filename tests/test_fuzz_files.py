@@ -1,4 +1,5 @@
-"""Fuzzing the loaders: random byte mutations of a small safetensors and GGUF checkpoint.
+"""Fuzzing the loaders: random byte mutations of a small safetensors and GGUF checkpoint, and
+well-formed containers (a JSON header, GGUF metadata and tensor layouts) holding random values.
 
 Every mutated file must either load as a model with the original's parameter tree, shapes
 and dtypes, or raise a `JaxinterpError`; never another exception, a crash or a hang. Loads
@@ -14,16 +15,23 @@ freely with many more:
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import shutil
+import struct
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import jaxinterp as ji
+from jaxinterp.converters.gguf_file import GGUFFile
 from jaxinterp.converters.gguf_header import read_header
+from jaxinterp.converters.safetensors_file import SafetensorsFile
+from tests import gguf_raw
 from tests.isolated import LoaderWorker
 
 SOAK = bool(os.environ.get("JAXINTERP_SOAK"))
@@ -157,3 +165,90 @@ def test_the_harness_reports_a_segfault_and_a_hang():
         assert probe.load("hang")["outcome"] == "hung"
     finally:
         probe.close()
+
+
+# -- structure-aware: well-formed containers holding random values (in-process: pure Python and numpy) --
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                    max_leaves=6)
+ITEMSIZES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1, "BOOL": 1}
+
+
+@st.composite
+def headers(draw) -> tuple[dict, int]:
+    """A valid header of one to three small tensors (and its data size), then up to three of its
+    fields (a dtype, a shape, offsets, a name, a whole entry, the data size) replaced at random."""
+    header, size = {}, 0
+    for i in range(draw(st.integers(1, 3))):
+        dtype, shape = draw(st.sampled_from(sorted(ITEMSIZES))), draw(st.lists(st.integers(0, 3), max_size=2))
+        end = size + math.prod(shape) * ITEMSIZES[dtype]
+        header[f"t{i}"], size = {"dtype": dtype, "shape": shape, "data_offsets": [size, end]}, end
+    anything = st.one_of(JSON, st.integers(-2, 40), st.lists(st.integers(-2, 40), max_size=3))
+    for _ in range(draw(st.integers(0, 3))):
+        name, field = draw(st.sampled_from(sorted(header))), draw(st.sampled_from(["dtype", "shape", "data_offsets",
+                                                                                   "name", "entry", "size"]))
+        if field == "name":
+            header[draw(st.text(max_size=3))] = header.pop(name)
+        elif field == "entry":
+            header[name] = draw(anything)
+        elif field == "size":
+            size = max(size + draw(st.integers(-3, 3)), 0)
+        elif isinstance(header[name], dict):
+            header[name][field] = draw(anything)
+    return header, size
+
+
+@settings(FUZZ, max_examples=5000 if SOAK else 300)
+@given(header_and_size=headers())
+def test_random_safetensors_headers_open_or_raise_a_checkpoint_error(tmp_path, header_and_size):
+    header, size = header_and_size
+    path = tmp_path / "model.safetensors"
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(size))
+    try:
+        tensors = SafetensorsFile(path)
+    except ji.CheckpointError as e:
+        assert str(path) in str(e)
+        return
+    for name in tensors.names:
+        assert tensors.get(name).shape == tensors.shape(name)
+
+
+GGUF_VALUES = st.one_of(
+    st.tuples(st.just(gguf_raw.UINT32), st.integers(0, 2**32 - 1)),
+    st.tuples(st.just(gguf_raw.INT32), st.integers(-2**31, 2**31 - 1)),
+    st.tuples(st.just(gguf_raw.FLOAT32), st.floats(width=32)),
+    st.tuples(st.just(gguf_raw.BOOL), st.booleans()),
+    st.tuples(st.just(gguf_raw.STRING), st.sampled_from(["llama", "qwen2", "linear", "none", "yarn", ""])),
+    st.tuples(st.just(gguf_raw.ARRAY), st.tuples(st.just(gguf_raw.UINT32), st.lists(st.integers(0, 9), max_size=2))),
+    st.tuples(st.just(gguf_raw.ARRAY), st.tuples(st.just(gguf_raw.STRING), st.lists(st.text(max_size=3), max_size=2))),
+)
+GGUF_KEYS = [key for key, _, _ in gguf_raw.LLAMA] + [
+    f"llama.{key}" for key in ("attention.head_count_kv", "attention.key_length", "vocab_size", "context_length",
+                               "rope.freq_base", "attention.layer_norm_rms_epsilon", "rope.scaling.type",
+                               "rope.scaling.factor")
+] + ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "general.alignment"]
+GGUF_TENSORS = st.lists(st.tuples(
+    st.sampled_from(["token_embd.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.1.ffn_up.weight",
+                     "output.weight", "output_norm.weight"]),
+    st.lists(st.sampled_from([0, 1, 2, 4, 8, 32]), min_size=1, max_size=5).map(tuple),
+    st.sampled_from([gguf_raw.F32, 1, gguf_raw.Q8_0, gguf_raw.Q8_1, gguf_raw.I32, 99]),
+    st.integers(0, 8).map(lambda k: 32 * k),
+), max_size=4)
+
+
+@settings(FUZZ, max_examples=5000 if SOAK else 300)
+@given(overrides=st.dictionaries(st.sampled_from(GGUF_KEYS), GGUF_VALUES, max_size=5), tensors=GGUF_TENSORS)
+def test_random_gguf_metadata_and_layouts_open_or_raise_a_checkpoint_error(tmp_path, overrides, tensors):
+    pairs = {key: (kind, value) for key, kind, value in gguf_raw.LLAMA} | overrides
+    path = gguf_raw.write(tmp_path / "model.gguf", [(key, *item) for key, item in pairs.items()], tensors,
+                          data=b"\x01" * 320)
+    try:
+        gguf = GGUFFile(path)
+        gguf.hf_config()
+    except ji.CheckpointError as e:
+        assert str(path) in str(e)
+        return
+    for name in gguf.names:
+        assert gguf.get(name).shape == gguf.shape(name)

@@ -20,6 +20,7 @@ import safetensors.numpy
 import jaxinterp as ji
 from jaxinterp.converters.gguf_file import GGUFFile
 from jaxinterp.converters.safetensors_file import SafetensorsFile
+from tests.gguf_raw import ARRAY, F32, FLOAT32, I32, INT32, LLAMA, Q8_0, Q8_1, STRING, TENSORS, UINT32, pair, write
 from tests.isolated import run_python
 
 PACKAGE = pathlib.Path(ji.__file__).parent
@@ -236,47 +237,8 @@ def test_malformed_safetensors_fail_through_load_and_leave_nothing(tmp_path, tin
 
 # -- malformed GGUF --------------------------------------------------------------------------------
 
-UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY = 4, 5, 6, 7, 8, 9
-F32, Q8_0, I32, Q8_1 = 0, 8, 26, 9
-
-
-def _string(text: str | bytes) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _pair(key: str, kind: int, value) -> bytes:
-    """One metadata pair; `value` is packed by `kind` (bytes pass through as the raw payload)."""
-    if isinstance(value, bytes):
-        payload = value
-    elif kind == STRING:
-        payload = _string(value)
-    else:
-        payload = struct.pack({UINT32: "<I", INT32: "<i", FLOAT32: "<f", BOOL: "<?"}[kind], value)
-    return _string(key) + struct.pack("<I", kind) + payload
-
-
-LLAMA = [("general.architecture", STRING, "llama"), ("llama.block_count", UINT32, 1),
-         ("llama.embedding_length", UINT32, 4), ("llama.feed_forward_length", UINT32, 8),
-         ("llama.attention.head_count", UINT32, 2)]
-TENSORS = [("token_embd.weight", (4, 8), F32, 0), ("blk.0.attn_q.weight", (4, 4), F32, 128)]
-
-
-def _gguf(path: pathlib.Path, pairs=LLAMA, tensors=TENSORS, *, data: bytes = b"\0" * 192, magic: bytes = b"GGUF",
-          version: int = 3, counts: tuple[int, int] | None = None, raw_pairs: bytes = b"") -> pathlib.Path:
-    """A GGUF file packed by hand: `pairs` (key, type, value), `tensors` (name, dims, type id, offset)."""
-    tensor_count, pair_count = counts or (len(tensors), len(pairs) + bool(raw_pairs))
-    out = magic + struct.pack("<IQQ", version, tensor_count, pair_count)
-    out += b"".join(_pair(*pair) for pair in pairs) + raw_pairs
-    for name, dims, kind, offset in tensors:
-        out += _string(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, kind, offset)
-    path.write_bytes(out + b"\0" * (-len(out) % 32) + data)
-    return path
-
-
 def test_the_hand_packed_gguf_is_valid(tmp_path):
-    path = _gguf(tmp_path / "ok.gguf", pairs=[*LLAMA, ("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 2)
-                                                    + _string("a") + _string("b"))])
+    path = write(tmp_path / "ok.gguf", pairs=[*LLAMA, ("tokenizer.ggml.tokens", ARRAY, (STRING, ["a", "b"]))])
     gguf = GGUFFile(path)
     assert gguf.metadata["tokenizer.ggml.tokens"] == ["a", "b"]
     assert gguf.shape("model.embed_tokens.weight") == (8, 4)
@@ -300,9 +262,9 @@ MALFORMED_GGUF = {
                       "arrays do not nest"),
     "unknown value type": (dict(pairs=[*LLAMA, ("x", 13, b"")]), "metadata field x: value type"),
     "repeated key": (dict(pairs=[*LLAMA, LLAMA[1]]), "llama.block_count: appears twice"),
-    "terminal escape in a key": (dict(raw_pairs=_string("\x1b]8;;evil\x07") + struct.pack("<I", UINT32) + b"\0" * 4),
+    "terminal escape in a key": (dict(raw_pairs=pair("\x1b]8;;evil\x07", UINT32, 0)),
                                  "expected printable text"),
-    "undecodable key": (dict(raw_pairs=_string(b"\xff\xfe") + struct.pack("<I", UINT32) + b"\0" * 4), "UTF-8"),
+    "undecodable key": (dict(raw_pairs=pair(b"\xff\xfe", UINT32, 0)), "UTF-8"),
     "unknown quantisation type": (dict(tensors=[("token_embd.weight", (4, 8), 99, 0)]),
                                   "tensor token_embd.weight: type"),
     "type the gguf package cannot dequantise": (dict(tensors=[("token_embd.weight", (32, 8), Q8_1, 0)]), "Q8_1"),
@@ -316,7 +278,7 @@ MALFORMED_GGUF = {
                                                        "multiple of Q8_0's block"),
     "repeated tensor": (dict(tensors=[TENSORS[0], TENSORS[0]]), "appears twice"),
     "bad alignment": (dict(pairs=[*LLAMA, ("general.alignment", UINT32, 3)]), "general.alignment"),
-    "architecture a list": (dict(pairs=[("general.architecture", ARRAY, struct.pack("<IQ", UINT32, 0)), *LLAMA[1:]]),
+    "architecture a list": (dict(pairs=[("general.architecture", ARRAY, (UINT32, [])), *LLAMA[1:]]),
                             "general.architecture"),
     "unknown architecture": (dict(pairs=[("general.architecture", STRING, "bert"), *LLAMA[1:]]),
                              "general.architecture"),
@@ -327,12 +289,12 @@ MALFORMED_GGUF = {
 @pytest.mark.parametrize("case", sorted(MALFORMED_GGUF))
 def test_malformed_gguf_is_rejected_naming_file_and_field_before_allocating(tmp_path, case):
     kwargs, field = MALFORMED_GGUF[case]
-    path = _gguf(tmp_path / "model.gguf", **kwargs)
+    path = write(tmp_path / "model.gguf", **kwargs)
     _refused_cheaply(GGUFFile, path, field)
 
 
 def _with(key: str, kind: int, value) -> list:
-    return [pair for pair in LLAMA if pair[0] != key] + [(key, kind, value)]
+    return [entry for entry in LLAMA if entry[0] != key] + [(key, kind, value)]
 
 
 METADATA_THAT_DISAGREES = {
@@ -351,7 +313,7 @@ METADATA_THAT_DISAGREES = {
 @pytest.mark.parametrize("case", sorted(METADATA_THAT_DISAGREES))
 def test_gguf_metadata_that_disagrees_with_the_tensors_is_named(tmp_path, case):
     pairs, field = METADATA_THAT_DISAGREES[case]
-    path = _gguf(tmp_path / "model.gguf", pairs=pairs)
+    path = write(tmp_path / "model.gguf", pairs=pairs)
     with pytest.raises(ji.CheckpointError) as error:
         GGUFFile(path).hf_config()
     assert str(path) in str(error.value) and f"metadata field {field}" in str(error.value)
@@ -393,6 +355,6 @@ def test_a_converted_directory_with_a_broken_manifest_is_named(tmp_path, manifes
 
 
 def test_gguf_rope_factors_are_refused_by_name(tmp_path):
-    path = _gguf(tmp_path / "model.gguf", tensors=[*TENSORS, ("rope_freqs.weight", (8,), F32, 192)], data=b"\0" * 224)
+    path = write(tmp_path / "model.gguf", tensors=[*TENSORS, ("rope_freqs.weight", (8,), F32, 192)], data=b"\0" * 224)
     with pytest.raises(ji.CheckpointError, match="rope_freqs.weight: per-frequency rope factors are not supported"):
         GGUFFile(path)

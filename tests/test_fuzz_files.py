@@ -5,7 +5,9 @@ Every mutated file must either load as a model with the original's parameter tre
 and dtypes, or raise a `JaxinterpError`; never another exception, a crash or a hang. Loads
 run in a child process (`tests.isolated.LoaderWorker`) with a timeout, so a segfault or a
 hang fails the test instead of killing the runner. When a byte is overwritten in place and
-the config is unchanged, at most one parameter per changed byte may differ.
+the config is unchanged, at most one parameter per changed byte may differ. Well-formed
+containers with random values are opened in-process (their readers are pure Python and
+numpy): each opens, or raises a `CheckpointError` naming the file.
 
 The default run is fixed (derandomised, a bounded number of examples). A soak run explores
 freely with many more:

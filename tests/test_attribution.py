@@ -10,7 +10,7 @@ import pytest
 import jaxinterp as ji
 from jaxinterp import models
 from jaxinterp.attention import attention_rollout
-from jaxinterp.attribution import Function, Tokens, attribute, gradcam
+from jaxinterp.attribution import Function, Tokens, attribute, batching, gradcam
 from jaxinterp.attribution.ops import max_normalise
 from jaxinterp.attribution.regions import image_features
 from jaxinterp.attribution.tam import eci
@@ -94,7 +94,7 @@ def test_every_method_finds_a_planted_patch(model):
 def test_smooth_llava_cam_runs_as_one_batched_program(model, monkeypatch):
     batch = image_batch(model)
     traces, sweeps = [], []
-    forward, sweep = models.forward, gradcam.sweep
+    forward, sweep = models.forward, batching.sweep
 
     def counted(*args, **kwargs):
         traces.append(1)
@@ -107,7 +107,7 @@ def test_smooth_llava_cam_runs_as_one_batched_program(model, monkeypatch):
         return out
 
     monkeypatch.setattr(models, "forward", counted)
-    monkeypatch.setattr(gradcam, "sweep", spied)
+    monkeypatch.setattr(batching, "sweep", spied)
     out = attribute(model, batch, method="llava_cam", samples=8, chunk_size=8, seed=3)
     assert sweeps == [(8, 8, 1)]  # 8 noisy copies in one chunk of one vmapped program, its forward traced once
     monkeypatch.undo()

@@ -3,7 +3,9 @@ LLaVA-CAM and its smooth variant), Score-CAM, TAM, gradient x input, integrated 
 Diffusion-CAM, with targets, localisation metrics and perturbation curves."""
 
 from jaxinterp.attribution.api import METHODS, attribute
-from jaxinterp.attribution.metrics import concentration, contrast, f3, localisation, obj_iou, otsu_threshold, pointing_game
+from jaxinterp.attribution.metrics import (
+    concentration, contrast, f3, localisation, obj_iou, otsu_threshold, pointing_game,
+)
 from jaxinterp.attribution.perturbation import deletion_insertion
 from jaxinterp.attribution.request import Attribution
 from jaxinterp.attribution.targets import Contrast, Function, Tokens, answer_tokens

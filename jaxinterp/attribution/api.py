@@ -50,12 +50,11 @@ def _default_region(model, batch) -> str:
     return "image" if hasattr(model.config, "image_grid") and batch.pixels is not None else "tokens"
 
 
-def _checked_options(name: str, fn: Callable, request: Request, options: dict) -> None:
-    try:
-        inspect.signature(fn).bind(request, **options)
-    except TypeError:
-        accepted = [p for p in inspect.signature(fn).parameters if p not in ("request", "combine")]
-        raise ArgumentError(f"method {name!r}: unknown option(s) {sorted(options)}; it takes {accepted}") from None
+def _check_options(name: str, fn: Callable, options: dict) -> None:
+    accepted = [p for p in inspect.signature(fn).parameters if p not in ("request", "combine")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ArgumentError(f"method {name!r}: unknown option(s) {unknown}; it takes {accepted}")
 
 
 def attribute(
@@ -88,12 +87,14 @@ def attribute(
     if method not in METHODS:
         raise ArgumentError(f"method: expected one of {sorted(METHODS)}, found {method!r}")
     fn, default_site = METHODS[method]
+    _check_options(method, fn, options)
     batch = model.batch(inputs)
     region = region or _default_region(model, batch)
     check_region(region, model.config, batch)
     sites = ()
     if default_site is not None:
-        patterns = (site,) if isinstance(site, str) else tuple(site or (default_site.format(third=model.config.num_layers // 3),))
+        default = default_site.format(third=model.config.num_layers // 3)
+        patterns = (site,) if isinstance(site, str) else tuple(site or (default,))
         sites = resolve(patterns, model.sites, argument="site")
     elif site is not None:
         raise ArgumentError(f"site: method {method!r} reads no site (it explains from the logits or attention)")
@@ -105,5 +106,4 @@ def attribute(
         resolve(edit.sites, model.sites, argument=f"edit {type(edit).__name__}")
     request = Request(model=model, batch=batch, target=target.bind(batch, causal), sites=sites, region=region,
                       edits=edits)
-    _checked_options(method, fn, request, options)
     return dataclasses.replace(fn(request, **options), method=method, sites=sites, batch=batch)

@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.attribution import cam
+from jaxinterp.attribution.batching import swept
 from jaxinterp.attribution.ops import max_normalise
 from jaxinterp.attribution.passes import compiled, forward_backward
 from jaxinterp.attribution.regions import features, unflatten
 from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.errors import ArgumentError
-from jaxinterp.sweep import sweep
 
 Array = jax.Array
 Combine = Callable[[Array, Array, Array], Array]
@@ -56,20 +56,23 @@ def pixel_noise_scale(model, channels: int, noise_std: float) -> np.ndarray:
     return (noise_std / std).reshape(channels, 1, 1)
 
 
-def smoothed(request: Request, maps_of: Callable, samples: int, noise_std: float, seed: int,
+def noisy_maps(params, batch, edits, target, deltas, noise, *, config, **how) -> tuple[Array, Array]:
+    """`site_maps` of the batch with `noise` added to its pixels (the arrays first, for `swept`)."""
+    return site_maps(config, params, batch.replace(pixels=batch.pixels + noise), edits, target, deltas, **how)
+
+
+def smoothed(request: Request, how: dict, samples: int, noise_std: float, seed: int,
              chunk_size: int | None) -> tuple[Array, Array]:
-    """Mean of `maps_of(batch) -> (scores, maps)` over `samples` noisy copies of the image (one sweep),
-    re-normalised by its max over each map."""
+    """Mean of the maps over `samples` noisy copies of the image (one sweep), re-normalised by its
+    max over each map; `how` as `combined`'s keywords."""
     batch = request.batch
     if batch.pixels is None:
         raise ArgumentError("samples: smoothing adds noise to the image, but the inputs carry none")
     scale = pixel_noise_scale(request.model, batch.pixels.shape[2], noise_std)
     noise = jax.random.normal(jax.random.key(seed), (samples, *batch.pixels.shape)) * scale
-
-    def noisy(batch, noise):
-        return maps_of(batch.replace(pixels=batch.pixels + noise))
-
-    values, maps = sweep(noisy, batch, noise, chunk_size=chunk_size, progress=False)
+    args = (request.model.params, batch, request.edits, request.target, request.deltas())
+    values, maps = swept(noisy_maps, args, noise, options=(("config", request.config), *how.items()),
+                         chunk_size=chunk_size)
     axes = (-2, -1) if request.region == "image" else (-1,)
     return values.mean(axis=0), max_normalise(maps.mean(axis=0), axes=axes)
 
@@ -90,9 +93,7 @@ def cam_method(request: Request, *, combine: Combine, threshold: float | None = 
     config, params = request.config, request.model.params
     how = dict(sites=request.sites, region=request.region, combine=combine, threshold=threshold)
     if samples:
-        maps_of = functools.partial(site_maps, config, params, edits=request.edits, target=request.target,
-                                    deltas=request.deltas(), **how)
-        values, maps = smoothed(request, maps_of, samples, noise_std, seed, chunk_size)
+        values, maps = smoothed(request, how, samples, noise_std, seed, chunk_size)
     else:  # the forward and backward compile once for every CAM of these sites; the maps are cheap
         values, activations, grads = compiled(config)[0](params, request.batch, request.edits, request.target,
                                                          request.deltas())

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.attribution.batching import swept
 from jaxinterp.attribution.passes import compiled, forward_backward
 from jaxinterp.attribution.regions import features, unflatten
 from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.edits import FunctionEdit
 from jaxinterp.errors import ArgumentError
-from jaxinterp.sweep import sweep
 
 Array = jax.Array
 
@@ -47,6 +47,12 @@ def _interpolate(x: Array, ctx, args) -> Array:
     return (baseline + alpha * (x.astype(jnp.float32) - baseline)).astype(x.dtype)
 
 
+def path_gradient(params, batch, edits, target, deltas, baseline, alpha, *, config, site: str) -> Array:
+    """The gradient at `site` [site shape] with the site's value moved to x' + alpha (x - x')."""
+    edits = (*edits, FunctionEdit(patterns=(site,), fn=_interpolate, args=(alpha, baseline)))
+    return forward_backward(config, params, batch, edits, target, deltas)[2][site].astype(jnp.float32)
+
+
 def integrated_gradients(request: Request, *, steps: int = 64, baseline: float | Array = 0.0,
                          chunk_size: int | None = None) -> Attribution:
     """Integrated gradients at the request's one site.
@@ -68,14 +74,9 @@ def integrated_gradients(request: Request, *, steps: int = 64, baseline: float |
     x = request.model.run(request.batch, capture=[site], edits=request.edits)[site].astype(jnp.float32)
     baseline = jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), x.shape)
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    deltas = request.deltas()
-
-    def gradient(batch, alpha):
-        edits = (*request.edits, FunctionEdit(patterns=(site,), fn=_interpolate, args=(alpha, baseline)))
-        return forward_backward(config, params, batch, edits, request.target, deltas)[2][site].astype(jnp.float32)
-
-    grads = sweep(gradient, request.batch, jnp.asarray((nodes + 1) / 2, jnp.float32), chunk_size=chunk_size,
-                          progress=False)
+    args = (params, request.batch, request.edits, request.target, request.deltas(), baseline)
+    grads = swept(path_gradient, args, jnp.asarray((nodes + 1) / 2, jnp.float32),
+                  options=(("config", config), ("site", site)), chunk_size=chunk_size)
     path_mean = jnp.tensordot(jnp.asarray(weights / 2, jnp.float32), grads, axes=1)
     value = compiled(config)[1](params, request.batch, request.edits, request.target)
     return Attribution(values=value, **{request.region: _region_sums(request, site, (x - baseline) * path_mean)[None]})

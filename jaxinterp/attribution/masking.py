@@ -6,22 +6,22 @@ from __future__ import annotations
 
 import jax
 
+from jaxinterp.attribution.batching import swept
 from jaxinterp.attribution.passes import forward_values
 from jaxinterp.attribution.request import Request
-from jaxinterp.sweep import sweep
 
 Array = jax.Array
+
+
+def masked_score(params, batch, edits, target, mask, *, config, resize: str) -> Array:
+    """The target's scores [B] with the image multiplied by one grid mask [B, N, rows, cols]."""
+    scale = jax.image.resize(mask, (*mask.shape[:-2], *batch.pixels.shape[-2:]), method=resize, antialias=False)
+    return forward_values(config, params, batch.replace(pixels=batch.pixels * scale[:, :, None]), edits, target)
 
 
 def masked_scores(request: Request, masks: Array, *, resize: str = "linear", chunk_size: int | None = None) -> Array:
     """Scores [M, B] of the request's target on the image multiplied by each mask [M, B, N, rows, cols]
     (`resize`: `linear` for soft Score-CAM masks, `nearest` for whole patches)."""
-    config, params = request.config, request.model.params
-    size = request.batch.pixels.shape[-2:]
-
-    def score(batch, mask):
-        scale = jax.image.resize(mask, (*mask.shape[:-2], *size), method=resize, antialias=False)
-        return forward_values(config, params, batch.replace(pixels=batch.pixels * scale[:, :, None]), request.edits,
-                              request.target)
-
-    return sweep(score, request.batch, masks, chunk_size=chunk_size, progress=False)
+    args = (request.model.params, request.batch, request.edits, request.target)
+    return swept(masked_score, args, masks, options=(("config", request.config), ("resize", resize)),
+                 chunk_size=chunk_size)

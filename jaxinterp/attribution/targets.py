@@ -55,7 +55,8 @@ def _check_positions(positions: np.ndarray, batch: Batch, causal: bool, name: st
         if not mask[row, p]:
             raise ArgumentError(f"{name}: position {p} of row {row} is padding, not a token")
         if causal and p == 0:
-            raise ArgumentError(f"{name}: position 0 has no logits predicting it in a causal model; explain a later token")
+            raise ArgumentError(f"{name}: position 0 has no logits predicting it in a causal model; "
+                                "explain a later token")
 
 
 def _logit_rows(logits: Array, positions: Array, causal: bool) -> Array:
@@ -93,8 +94,8 @@ class Tokens:
         """A target from an int, a list or a [B, K] array of positions (ids likewise); rows broadcast at `bind`."""
         if score not in SCORES:
             raise ArgumentError(f"score: expected one of {SCORES}, found {score!r}")
-        return cls(positions=np.atleast_1d(np.asarray(positions)), ids=None if ids is None else np.atleast_1d(np.asarray(ids)),
-                   score=score)
+        ids = None if ids is None else np.atleast_1d(np.asarray(ids))
+        return cls(positions=np.atleast_1d(np.asarray(positions)), ids=ids, score=score)
 
     def bind(self, batch: Batch, causal: bool) -> Tokens:
         """The target with [B, K] arrays for this batch, checked against it."""
@@ -136,7 +137,8 @@ class Contrast:
     def bind(self, batch: Batch, causal: bool) -> Contrast:
         tokens = Tokens(positions=self.positions, ids=self.ids).bind(batch, causal)
         if tokens.positions.shape[1] != 2:
-            raise ArgumentError(f"contrast target: expected (target, distractor) positions, found {tokens.positions.shape[1]}")
+            raise ArgumentError("contrast target: expected (target, distractor) positions, "
+                                f"found {tokens.positions.shape[1]}")
         return self.replace(positions=tokens.positions, ids=tokens.ids)
 
     def values(self, run: Run, causal: bool) -> Array:

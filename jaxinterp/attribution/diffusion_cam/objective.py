@@ -41,7 +41,8 @@ def contrast_positions(tokenizer, positions: list[int], ids: list[int], target_w
     if others:
         return positions[target], positions[others[0]]
     if positions[0] == 0:
-        raise ArgumentError("target: a one-word answer at position 0 leaves no distractor; pass target=Contrast.at(...)")
+        raise ArgumentError("target: a one-word answer at position 0 leaves no distractor; "
+                            "pass target=Contrast.at(...)")
     return positions[target], positions[0] - 1
 
 

@@ -20,7 +20,8 @@ def repeat_ratio(tokens: Array, mask: Array) -> Array:
     """(# distinct ids among the real `tokens` [L] that occur more than once) / (# real tokens)."""
     same = (tokens[:, None] == tokens[None, :]) & mask[:, None] & mask[None, :]
     count = jnp.sum(same, axis=1)
-    first = mask & ~jnp.any(same & (jnp.arange(tokens.shape[0])[None, :] < jnp.arange(tokens.shape[0])[:, None]), axis=1)
+    earlier = jnp.tril(jnp.ones(same.shape, bool), k=-1)  # [i, j]: j comes before i
+    first = mask & ~jnp.any(same & earlier, axis=1)
     return jnp.sum(first & (count > 1)) / jnp.maximum(jnp.sum(mask), 1)
 
 

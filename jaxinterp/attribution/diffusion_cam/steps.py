@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxinterp.diffusion import DiffusionSample
 from jaxinterp.errors import ArgumentError
-from jaxinterp.models import Batch, segment_id
+from jaxinterp.models import Batch, make_batch, segment_id
 
 STEPS = ("decided", "final")
 
@@ -54,15 +54,12 @@ def step_batch(model, sample: DiffusionSample, row: int = 0, *, answer_index: in
     s = chosen_step(sample, row, answer_index, step)
     length = sample.history.shape[2]
     answer = np.full(length, config.mask_token_id, np.int32) if s == 0 else sample.history[s - 1, row]
-    mask = np.asarray(prompt.mask[row])
-    batch = Batch(
-        tokens=jnp.asarray(np.concatenate([np.asarray(prompt.tokens[row]), answer]))[None].astype(jnp.int32),
-        mask=jnp.asarray(np.concatenate([mask, np.ones(length, bool)]))[None],
-        positions=jnp.asarray(np.concatenate([np.asarray(prompt.positions[row]),
-                                              prompt.positions[row, -1] + 1 + np.arange(length)]))[None].astype(jnp.int32),
-        segments=jnp.asarray(np.concatenate([np.asarray(prompt.segments[row]),
-                                             np.full(length, segment_id("answer"))]))[None].astype(jnp.int32),
-        steps=jnp.zeros((1, mask.shape[0] + length), jnp.int32),
+    prompt_positions = np.asarray(prompt.positions[row])
+    batch = make_batch(
+        np.concatenate([np.asarray(prompt.tokens[row]), answer])[None],
+        np.concatenate([np.asarray(prompt.mask[row]), np.ones(length, bool)])[None],
+        positions=np.concatenate([prompt_positions, prompt_positions[-1] + 1 + np.arange(length)])[None],
+        segments=np.concatenate([np.asarray(prompt.segments[row]), np.full(length, segment_id("answer"))])[None],
         pixels=None if prompt.pixels is None else prompt.pixels[row:row + 1],
     )
     check_image_span(config, batch)

@@ -1,6 +1,6 @@
 """Cost of the attention edits on SmolLM2, each against the plain forward measured in the same run.
 
-    python benchmarks/attention_edits.py [--tokens 512] [--repeats 5] [--starts 7]
+    python -m benchmarks.attention_edits [--tokens 512] [--repeats 5] [--starts 7]
 
 1. Overhead of ART (layer 0, 10% of the heads, the code's defaults) and of EVAS (layer 1, over a
    256-token span labelled `image`) on one forward of `--tokens` tokens: median seconds and the

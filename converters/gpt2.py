@@ -19,6 +19,8 @@ def name_map(config, prefix: str = "transformer.") -> dict[str, tuple[str, Layou
         "final_norm/scale": (f"{prefix}ln_f.weight", SAME),
         "final_norm/bias": (f"{prefix}ln_f.bias", SAME),
     }
+    if not config.tie_word_embeddings:
+        table["lm_head"] = ("lm_head.weight", SAME)
     for i in range(config.num_layers):
         ours, theirs = f"blocks_{i}", f"{prefix}h.{i}"
         for norm, hf in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
@@ -36,5 +38,6 @@ def name_map(config, prefix: str = "transformer.") -> dict[str, tuple[str, Layou
 
 
 def ignored(config, prefix: str = "transformer.") -> tuple[str, ...]:
-    """The tied output projection's saved copy and old checkpoints' attention-mask buffers."""
-    return ("lm_head\\.weight", re.escape(prefix) + r"h\.\d+\.attn\.(bias|masked_bias)")
+    """A tied output projection's saved copy and old checkpoints' attention-mask buffers."""
+    tied = ("lm_head\\.weight",) if config.tie_word_embeddings else ()
+    return (*tied, re.escape(prefix) + r"h\.\d+\.attn\.(bias|masked_bias)")

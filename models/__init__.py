@@ -77,7 +77,24 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json") -> Any
             f"{source}: model_type: expected one of {sorted(HF_MODEL_TYPES)}, found {model_type!r}"
             + (f" (architectures {architectures})" if architectures else "")
         )
-    return HF_MODEL_TYPES[model_type](hf, source=source)
+    config = HF_MODEL_TYPES[model_type](hf, source=source)
+    check_sizes(config, source=source)
+    return config
+
+
+# Generous bounds on sizes read from a config.json: a file asking for more is hostile or broken, and
+# without a bound building its parameter shapes would hang before any tensor is compared.
+SIZE_LIMITS = {"num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024, "hidden_size": 1 << 16,
+               "intermediate_size": 1 << 20, "head_dim": 4096, "vocab_size": 1 << 22, "image_size": 8192}
+
+
+def check_sizes(config: Any, *, source: str) -> None:
+    """Raises ConfigError when a size of `config` (or of its nested configs) is not in 1..its limit."""
+    for name, value in vars(config).items():
+        if hasattr(value, "family"):
+            check_sizes(value, source=source)
+        elif name in SIZE_LIMITS and not (isinstance(value, int) and 1 <= value <= SIZE_LIMITS[name]):
+            raise ConfigError(f"{source}: {name}: expected an integer in 1..{SIZE_LIMITS[name]}, found {value!r}")
 
 
 def example_batch(config: Any) -> Batch:

@@ -2,7 +2,7 @@
 
 Learned absolute positions, pre-LayerNorm blocks, a fused q/k/v projection (split into
 q/k/v parameters at conversion), a GELU MLP, and an output projection tied to the token
-embedding. Site names and shapes are those of the Llama family (see `models/llama.py`):
+embedding (or its own `lm_head` when a checkpoint unties them). Site names and shapes are those of the Llama family (see `models/llama.py`):
 `embed` is the sum of token and position embeddings; `mlp.act` is gelu(c_fc(x)).
 """
 
@@ -37,6 +37,7 @@ class GPT2Config:
       max_position_embeddings: rows of the learned position table (`n_positions`).
       layer_norm_eps: epsilon of every LayerNorm.
       activation: MLP activation (`activation_function`, GPT-2 uses `gelu_new`).
+      tie_word_embeddings: the output projection is the transposed token embedding (GPT-2's default).
       bos_token_id, eos_token_ids, pad_token_id: special tokens.
     """
 
@@ -50,6 +51,7 @@ class GPT2Config:
     max_position_embeddings: int = 1024
     layer_norm_eps: float = 1e-5
     activation: str = "gelu_new"
+    tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
@@ -108,6 +110,7 @@ def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> GPT
         max_position_embeddings=int(hf.get("n_positions", 1024)),
         layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         activation=str(hf.get("activation_function", "gelu_new")),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
         pad_token_id=hf.get("pad_token_id"),
@@ -163,5 +166,7 @@ class GPT2(nn.Module):
             )
             slots.append(layer_slots)
         x = tap("final_norm", LayerNorm(cfg.layer_norm_eps, name="final_norm")(x), shared.ctx)
-        logits = jnp.einsum("btd,vd->btv", x, tokens.astype(x.dtype), preferred_element_type=jnp.float32)
+        head = tokens if cfg.tie_word_embeddings else self.param(
+            "lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
+        logits = jnp.einsum("btd,vd->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
         return Output(logits=tap("logits", logits, shared.ctx), hidden=x, cache=finish(shared, slots, batch.tokens.shape[1]))

@@ -358,3 +358,12 @@ def test_gguf_rope_factors_are_refused_by_name(tmp_path):
     path = write(tmp_path / "model.gguf", tensors=[*TENSORS, ("rope_freqs.weight", (8,), F32, 192)], data=b"\0" * 224)
     with pytest.raises(ji.CheckpointError, match="rope_freqs.weight: per-frequency rope factors are not supported"):
         GGUFFile(path)
+
+
+def test_absurd_config_sizes_are_refused_before_building_shapes(tmp_path):
+    config = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 10**9, "num_attention_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(ji.ConfigError, match=r"num_layers: expected an integer in 1\.\.1024, found 1000000000"):
+        ji.load(str(tmp_path), progress=False)

@@ -20,7 +20,6 @@ import dataclasses
 import json
 
 import jax
-import numpy as np
 
 import jaxinterp
 from benchmarks.common import median_seconds
@@ -57,8 +56,8 @@ def smooth(model: jaxinterp.Model, batch, samples: int, repeats: int) -> dict:
     """Seconds of N noisy copies in one batched call and in a loop of N plain calls."""
     batched = timed(lambda: attribute(model, batch, method="llava_cam", site="blocks.*.resid_mid", samples=samples),
                     repeats)
-    noise = np.asarray(jax.random.normal(jax.random.key(0), (samples, *batch.pixels.shape)))
-    noise *= pixel_noise_scale(model, batch.pixels.shape[2], 0.1)
+    noise = jax.random.normal(jax.random.key(0), (samples, *batch.pixels.shape))
+    noise = noise * pixel_noise_scale(model, batch.pixels.shape[2], 0.1)
     noisy = [batch.replace(pixels=batch.pixels + n) for n in noise]
     looped = timed(lambda: [attribute(model, b, method="llava_cam", site="blocks.*.resid_mid") for b in noisy][-1],
                    max(1, repeats // 2))

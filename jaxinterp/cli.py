@@ -6,6 +6,7 @@
     jaxinterp capture TEXT --sites GLOB... --out F    activations to .safetensors / .npz
     jaxinterp sites                                   every site with its shape
     jaxinterp attention TEXT --out DIR                attention statistics and figures
+    jaxinterp attribute --prompt Q [--image F] --html R   attribution maps and an HTML report
     jaxinterp experiment NAME [ARGS...]               run a script of experiments/
     jaxinterp data bigbench TASK                      benchmark data via the package registry
 
@@ -27,6 +28,8 @@ EXAMPLES = {
     "capture": "jaxinterp capture 'The capital of France is' --sites 'blocks.*.attn.probs' --out acts.safetensors",
     "sites": "jaxinterp sites --model smollm2",
     "attention": "jaxinterp attention 'The capital of France is Paris.' --out attention_out",
+    "attribute": "jaxinterp attribute --prompt 'What is the capital of France?' --method integrated_gradients "
+                 "--html report.html",
     "experiment": "jaxinterp experiment small_vlm --help",
     "data": "jaxinterp data bigbench arithmetic --out arithmetic.jsonl",
 }
@@ -76,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     attention = command("attention", "per-layer, per-head attention statistics of a text, with figures")
     attention.add_argument("text")
     attention.add_argument("--chat", action="store_true")
+
+    from jaxinterp.attribution.cli import add_arguments as add_attribute_arguments
+
+    add_attribute_arguments(command("attribute", "attribution maps of the model's answer over tokens or image patches; "
+                                                 "--html writes a self-contained report, --out the maps (.npz)"))
 
     experiment = command("experiment", "run an experiment script of the source checkout's experiments/ folder")
     experiment.add_argument("name")
@@ -154,6 +162,19 @@ def _attention(args) -> None:
     print(f"wrote {out}/entropy.png and {out}/attention.json")
 
 
+def _attribute(args) -> None:
+    import numpy as np
+
+    from jaxinterp.attribution.cli import run_attribute
+
+    out = run_attribute(args)
+    if args.out:
+        maps = {name: np.asarray(value) for name, value in (("values", out.values), ("image", out.image),
+                                                             ("tokens", out.tokens)) if value is not None}
+        np.savez(args.out, sites=np.asarray(out.sites, dtype=str), **maps)
+        print(f"wrote {', '.join(maps)} to {args.out}")
+
+
 def _experiment(args) -> None:
     import subprocess
 
@@ -214,7 +235,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {jaxinterp.convert(args.src, args.dst, dtype=args.dtype)}")
     else:
         {"generate": _generate, "capture": _capture, "sites": _sites, "attention": _attention,
-         "experiment": _experiment, "data": _data}[args.command](args)
+         "attribute": _attribute, "experiment": _experiment, "data": _data}[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,13 @@ def test_generate_capture_sites_attention(tiny_dir, tmp_path, capsys):
     assert main(["attention", "the cat sat on a mat", "--out", str(tmp_path / "att"), *model]) == 0
     assert json.loads((tmp_path / "att" / "attention.json").read_text())["entropy"]
     assert (tmp_path / "att" / "entropy.png").exists()
+    assert main(["attribute", "--prompt", "the cat sat", "--answer", "on a mat", "--no-chat", "--method",
+                 "grad_x_input", "--html", str(tmp_path / "report.html"), "--out", str(tmp_path / "maps.npz"),
+                 *model]) == 0
+    with np.load(tmp_path / "maps.npz") as maps:
+        assert maps["tokens"].shape[:2] == (1, 1) and list(maps["sites"]) == ["embed"]
+        assert np.abs(maps["tokens"]).sum() > 0
+    assert "on a mat" in (tmp_path / "report.html").read_text()
 
 
 def test_convert_data_experiment_and_one_line_errors(tiny_checkpoint, tiny_dir, tmp_path, capsys):

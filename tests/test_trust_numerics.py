@@ -84,12 +84,19 @@ def test_check_finite_names_a_gradient_that_is_not_finite(smol):
         smol.grad(objective, TOKENS, wrt=["blocks.1.resid_post"], capture=["blocks.1.resid_post"], check_finite=True)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9 asks for attribute(..., check_finite=True); attribute has no such option yet")
 def test_check_finite_on_attribute_names_the_first_site(smol):
     attribution = pytest.importorskip("jaxinterp.attribution")
     with pytest.raises(ji.NonFiniteError, match="first appears at site 'blocks.1.mlp.out'"):
         attribution.attribute(smol, TOKENS, attribution.Tokens.at(7), method="grad_x_input",
                               edits=_poison("blocks.1.mlp.out", np.nan), check_finite=True)
+    attribution.attribute(smol, TOKENS, attribution.Tokens.at(7), method="grad_x_input", check_finite=True)
+
+    def infinite_slope(run):  # finite score, infinite gradient: d sqrt(x) / dx at 0
+        return jnp.sqrt(jnp.maximum(run.logits[:, -1, 0], 0.0) * 0.0)
+
+    with pytest.raises(ji.NonFiniteError, match="'grad_x_input': NaN or infinity in the tokens map of site 'embed'"):
+        attribution.attribute(smol, TOKENS, attribution.Function(infinite_slope), method="grad_x_input",
+                              check_finite=True)
 
 
 def _saturated(model: ji.Model, scale: float) -> ji.Model:

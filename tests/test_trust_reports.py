@@ -98,6 +98,8 @@ def test_nothing_is_loaded_from_elsewhere(written):
             assert value.startswith("data:"), (name, value[:80])
     for style in page.styles:
         assert "url(" not in style and "@import" not in style
+    # and the browser itself refuses scripts and remote loads
+    assert ("content", "default-src 'none'; style-src 'unsafe-inline'; img-src data:") in page.attributes
 
 
 def test_reports_are_written_atomically(written, tmp_path, monkeypatch):

@@ -21,12 +21,14 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from jaxinterp.attribution import diffusion_cam, gradcam, gradients, rollout, score_cam, tam
 from jaxinterp.attribution.regions import check_region
 from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.attribution.targets import Target, answer_tokens
 from jaxinterp.edits import compose
-from jaxinterp.errors import ArgumentError
+from jaxinterp.errors import ArgumentError, NonFiniteError
 from jaxinterp.models.sites import resolve
 
 # method -> (function of a Request and its options, default site glob (None: the method reads no site))
@@ -66,6 +68,7 @@ def attribute(
     site: str | Sequence[str] | None = None,
     region: str | None = None,
     edits=(),
+    check_finite: bool = False,
     **options,
 ) -> Attribution:
     """Attribution maps of `target` over image patches and/or tokens.
@@ -82,6 +85,9 @@ def attribute(
       region: `image` (a map over each image's patch grid) or `tokens` (default: image when the
         model and inputs have one).
       edits: edits active during every forward of the attribution.
+      check_finite: first run the forward with `Model.run(check_finite=True)` (raising
+        `NonFiniteError` naming the first site that produced a NaN or infinity), then check
+        every returned map and score, naming the method and the attributed site of a bad one.
       **options: the method's own options (see its function).
     """
     if method not in METHODS:
@@ -104,6 +110,25 @@ def attribute(
     edits = compose(edits)
     for edit in edits:
         resolve(edit.sites, model.sites, argument=f"edit {type(edit).__name__}")
+    if check_finite:
+        model.run(batch, edits=edits, check_finite=True)
     request = Request(model=model, batch=batch, target=target.bind(batch, causal), sites=sites, region=region,
                       edits=edits)
-    return dataclasses.replace(fn(request, **options), method=method, sites=sites, batch=batch)
+    out = dataclasses.replace(fn(request, **options), method=method, sites=sites, batch=batch)
+    if check_finite:
+        _check_finite_maps(out)
+    return out
+
+
+def _check_finite_maps(out: Attribution) -> None:
+    """Raises NonFiniteError naming the first map (site, region) or the scores holding a NaN or infinity."""
+    labels = out.sites or ("(all)",)
+    for region, maps in (("image", out.image), ("tokens", out.tokens)):
+        if maps is None:
+            continue
+        finite = np.isfinite(np.asarray(maps)).reshape(len(maps), -1).all(axis=1)
+        if not finite.all():
+            site = labels[int(np.argmin(finite))] if len(maps) == len(labels) else "(all)"
+            raise NonFiniteError(f"attribute {out.method!r}: NaN or infinity in the {region} map of site {site!r}")
+    if not np.isfinite(np.asarray(out.values)).all():
+        raise NonFiniteError(f"attribute {out.method!r}: the target's score is NaN or infinite")

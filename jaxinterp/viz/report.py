@@ -38,6 +38,10 @@ img { max-width: 100%; } .strip { font-family: monospace; line-height: 2.1; }
 """
 
 
+# no scripts, no network: inline styles and embedded (data:) images only
+CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
 def _png(fig: plt.Figure) -> str:
     """The figure as an inline `data:` URI (the figure is closed)."""
     buffer = io.BytesIO()
@@ -152,6 +156,8 @@ def attribution_report(path: str | os.PathLike, attribution, model, *, row: int 
                                                image=None if image_id is None else ids == image_id)]
     body.append('<p class="note">Written by jaxinterp. Maps are shown as computed (colour bars give their '
                 'scale); image maps are drawn over the image with bilinear smoothing.</p>')
-    document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
+                f"<title>{html.escape(title)}</title>"
                 f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
     return write_atomic(path, document)

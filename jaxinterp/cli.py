@@ -107,7 +107,7 @@ def _generate(args) -> None:
     from jaxinterp.generate import stream_printer
 
     model = _model(args)
-    edits = [make(spec[0], spec[1:]) for spec in args.edit]
+    edits = [make(spec[0], spec[1:], model) for spec in args.edit]
     prompts = args.prompt
     out = model.generate(prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          seed=args.seed, stop=args.stop, edits=edits, chat=args.chat,

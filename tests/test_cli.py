@@ -47,9 +47,11 @@ def test_demo_writes_figure_and_json(tmp_path, capsys):
 def test_generate_capture_sites_attention(tiny_dir, tmp_path, capsys):
     model = ["--model", str(tiny_dir)]
     assert main(["generate", "the cat sat", "a dog ran", "--max-new-tokens", "4", "--edit", "scale_head", "layer=1",
-                 "head=0", "scale=0", "--out", str(tmp_path / "gen.json"), *model]) == 0
+                 "head=0", "scale=0", "--edit", "art", "layers=(0,)", "top_k_ratio=0.5",
+                 "--out", str(tmp_path / "gen.json"), *model]) == 0
     generated = json.loads((tmp_path / "gen.json").read_text())
-    assert len(generated["texts"]) == 2 and generated["edits"] == ["scale_head layer=1 head=0 scale=0"]
+    assert len(generated["texts"]) == 2
+    assert generated["edits"] == ["scale_head layer=1 head=0 scale=0", "art layers=(0,) top_k_ratio=0.5"]
     assert main(["capture", "the cat sat on a mat", "--sites", "blocks.*.attn.probs", "embed",
                  "--out", str(tmp_path / "acts.npz"), *model]) == 0
     with np.load(tmp_path / "acts.npz") as acts:
@@ -78,6 +80,7 @@ def test_convert_data_experiment_and_one_line_errors(tiny_checkpoint, tiny_dir, 
     failures = [
         ["convert", str(tmp_path / "nowhere"), str(tmp_path / "out2")],
         ["generate", "the cat", "--model", str(tiny_dir), "--edit", "no_such_edit"],
+        ["generate", "the cat", "--model", str(tiny_dir), "--edit", "art", "top_k_ratio=1.5"],
         ["capture", "the cat", "--sites", "blocks.9.nothing", "--model", str(tiny_dir)],
         ["experiment", "no_such_experiment"],
     ]
@@ -85,3 +88,17 @@ def test_convert_data_experiment_and_one_line_errors(tiny_checkpoint, tiny_dir, 
         assert main(argv) == 2
         error = capsys.readouterr().err.strip()
         assert error.count("\n") == 0 and error.startswith(f"jaxinterp {argv[0]}: error:"), error
+
+
+def test_named_method_edits_are_built_for_the_model(tiny_dir):
+    from jaxinterp.edit_registry import make
+    from jaxinterp.methods.art import art
+    from jaxinterp.methods.evas import evas
+
+    model = ji.load(tiny_dir)
+    built = make("art", ["layers=(0, 1)", "top_k_ratio=0.5", "mode=mean"], model)
+    assert built == art(model, layers=(0, 1), top_k_ratio=0.5, mode="mean") and int(built.heads) == 2
+    assert make("evas", ["layers=(1,)", "beta=0.01", "span=question"], model) == evas(model, layers=(1,), beta=0.01,
+                                                                                         span="question")
+    with pytest.raises(ji.ArgumentError, match="built for a model"):
+        make("art", ["layers=(0,)"])

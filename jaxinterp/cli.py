@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command("sites", "list every site of the model with its shape for a small example input")
 
-    attention = command("attention", "per-layer, per-head attention statistics of a text, with figures")
+    attention = command("attention", "per-layer, per-head attention entropy and ART m-index of a text, with figures")
     attention.add_argument("text")
     attention.add_argument("--chat", action="store_true")
 
@@ -147,19 +147,23 @@ def _sites(args) -> None:
 
 
 def _attention(args) -> None:
-    from jaxinterp.demo import attention_entropy, format_table
+    from jaxinterp.attention import head_statistics
+    from jaxinterp.demo import format_table
     from jaxinterp.viz import layer_head_heatmap
 
     model = _model(args)
     out = args.out or "jaxinterp-attention"
     os.makedirs(out, exist_ok=True)
-    entropy = attention_entropy(model, args.text, chat=args.chat)
-    print("normalised attention entropy (1 = uniform over visible keys):")
-    print(format_table(entropy))
-    layer_head_heatmap(entropy, title=f"Normalised attention entropy\n{args.text[:60]!r}", colorbar="entropy / log(keys)",
-                       path=os.path.join(out, "entropy.png"), vmin=0.0, vmax=1.0)
-    _write_json(os.path.join(out, "attention.json"), {"text": args.text, "entropy": entropy.round(6).tolist()})
-    print(f"wrote {out}/entropy.png and {out}/attention.json")
+    stats = head_statistics(model, model.encode(args.text, chat=args.chat))
+    figures = {"entropy": "normalised entropy (1 = uniform over visible keys)",
+               "m_index": "ART m-index (higher = more local)"}
+    for name, label in figures.items():
+        print(f"{label}:\n{format_table(stats[name])}")
+        layer_head_heatmap(stats[name], title=f"{label}\n{args.text[:60]!r}", colorbar=name,
+                           path=os.path.join(out, f"{name}.png"))
+    _write_json(os.path.join(out, "attention.json"),
+                {"text": args.text, **{name: stats[name].round(6).tolist() for name in figures}})
+    print(f"wrote {out}/entropy.png, {out}/m_index.png and {out}/attention.json")
 
 
 def _attribute(args) -> None:

@@ -13,22 +13,12 @@ import time
 
 import numpy as np
 
-from jaxinterp.attention import normalised_entropy, visible_keys
+from jaxinterp.attention import head_statistics
 from jaxinterp.generate import stream_printer
 from jaxinterp.model import Model
 from jaxinterp.viz import layer_head_heatmap
 
 DEFAULT_PROMPT = "What is the capital of France?"
-
-
-def attention_entropy(model: Model, text: str, *, chat: bool = True) -> np.ndarray:
-    """[layers, heads] normalised attention entropy over the (chat-formatted) prompt."""
-    batch = model.encode(text, chat=chat)
-    run = model.run(batch, capture="blocks.*.attn.probs")
-    visible = visible_keys(batch, causal=model.config.causal)
-    return np.stack([
-        np.asarray(normalised_entropy(run[f"blocks.{i}.attn.probs"], visible)) for i in range(model.config.num_layers)
-    ])
 
 
 def format_table(values: np.ndarray) -> str:
@@ -47,7 +37,7 @@ def run_demo(model: Model, *, prompt: str = DEFAULT_PROMPT, out: str = "jaxinter
     generation = model.generate(prompt, max_new_tokens, chat=True, stream=stream_printer(model.tokenizer))
     seconds = time.perf_counter() - start
     print(f"\n({len(generation.tokens[0])} tokens in {seconds:.1f} s, including compilation)\n")
-    entropy = attention_entropy(model, prompt)
+    entropy = head_statistics(model, model.encode(prompt, chat=True))["entropy"]
     print("normalised attention entropy over the prompt (1 = uniform over visible keys):")
     print(format_table(entropy))
     png, js = os.path.join(out, "demo.png"), os.path.join(out, "demo.json")

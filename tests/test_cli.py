@@ -59,8 +59,10 @@ def test_generate_capture_sites_attention(tiny_dir, tmp_path, capsys):
     assert main(["sites", *model]) == 0
     assert "blocks.1.attn.head_out" in capsys.readouterr().out
     assert main(["attention", "the cat sat on a mat", "--out", str(tmp_path / "att"), *model]) == 0
-    assert json.loads((tmp_path / "att" / "attention.json").read_text())["entropy"]
-    assert (tmp_path / "att" / "entropy.png").exists()
+    attention = json.loads((tmp_path / "att" / "attention.json").read_text())
+    assert np.shape(attention["entropy"]) == np.shape(attention["m_index"]) == (2, 4)
+    assert np.min(attention["m_index"]) >= 1.0  # 1 = uniform; a head can only be more local
+    assert (tmp_path / "att" / "entropy.png").exists() and (tmp_path / "att" / "m_index.png").exists()
     assert main(["attribute", "--prompt", "the cat sat", "--answer", "on a mat", "--no-chat", "--method",
                  "grad_x_input", "--html", str(tmp_path / "report.html"), "--out", str(tmp_path / "maps.npz"),
                  *model]) == 0

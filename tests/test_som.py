@@ -74,9 +74,9 @@ def test_cosine_prototypes_and_self_loops():
     counts = jnp.array([[5.0, 1.0], [0.0, 0.0]])
     np.testing.assert_allclose(som.transition_probabilities(counts, self_loops=True), [[5 / 6, 1 / 6], [0, 0]])
     np.testing.assert_allclose(som.transition_probabilities(counts), [[0, 1], [0, 0]])
-    fitted = som.SOM(weights=jnp.array([[1.0, 0.0], [0.0, 1.0]]), grid=jnp.zeros((2, 2)))
+    fitted = som.SOM(weights=jnp.array([[1.0, 0.0], [0.0, 1.0]]), grid=jnp.zeros((2, 2)), distance="cosine")
     sentences = jnp.array([[0.1, 5.0], [3.0, 0.2], [2.0, 2.1]])
-    np.testing.assert_array_equal(som.prototypes(fitted, sentences, "cosine"), [1, 0])
+    np.testing.assert_array_equal(som.prototypes(fitted, sentences), [1, 0])
 
 
 def test_bad_inputs_are_named():

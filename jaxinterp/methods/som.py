@@ -26,10 +26,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from jaxinterp.errors import ArgumentError
 
@@ -66,12 +66,14 @@ class SOMConfig:
             raise ArgumentError(f"distance: expected one of {DISTANCES}, found {self.distance!r}")
 
 
-@chex.dataclass(frozen=True)
+@struct.dataclass
 class SOM:
-    """A trained map: unit weights [U, D] and unit grid coordinates [U, 2]."""
+    """A trained map: unit weights [U, D], unit grid coordinates [U, 2], and the distance it
+    was trained with (every query of the map uses the same one)."""
 
     weights: Array
     grid: Array
+    distance: str = struct.field(pytree_node=False, default="euclidean")
 
 
 def _grid(rows: int, cols: int) -> Array:
@@ -113,12 +115,12 @@ def train_som(embeddings: Array, config: SOMConfig, key: Array) -> SOM:
         return som_update(weights, grid, x[i], eta, sigma, config.distance), None
 
     weights, _ = jax.lax.scan(step, start, (order, etas, sigmas))
-    return SOM(weights=weights, grid=grid)
+    return SOM(weights=weights, grid=grid, distance=config.distance)
 
 
-def assign(som: SOM, embeddings: Array, distance: str = "euclidean") -> Array:
+def assign(som: SOM, embeddings: Array) -> Array:
     """Best-matching unit [N] of each embedding [N, D]."""
-    return jnp.argmin(_distances(jnp.asarray(embeddings, jnp.float32), som.weights, distance), -1)
+    return jnp.argmin(_distances(jnp.asarray(embeddings, jnp.float32), som.weights, som.distance), -1)
 
 
 def transition_graph(paths: Sequence[Array], num_units: int) -> Array:
@@ -172,17 +174,17 @@ def best_path(probabilities: Array, start: int | Array, length: int) -> tuple[Ar
     return jnp.concatenate([earlier, last[None]]), score[last]
 
 
-def plan(som: SOM, probabilities: Array, prompt: Array, length: int, distance: str = "euclidean") -> Array:
+def plan(som: SOM, probabilities: Array, prompt: Array, length: int) -> Array:
     """Path alignment: the prompt's sentence embeddings [P, D] are mapped to units, then the
     plan continues from the last one along `best_path`. Returns [length] units (the
     prompt's own units first)."""
-    prompt_units = assign(som, prompt, distance)
+    prompt_units = assign(som, prompt)
     if length <= prompt_units.shape[0]:
         return prompt_units[:length]
     continuation, _ = best_path(probabilities, prompt_units[-1], length - prompt_units.shape[0] + 1)
     return jnp.concatenate([prompt_units, continuation[1:]])
 
 
-def prototypes(som: SOM, embeddings: Array, distance: str = "euclidean") -> Array:
+def prototypes(som: SOM, embeddings: Array) -> Array:
     """Index [U] of the sentence nearest to each unit: the material a decoder is given per planned unit."""
-    return jnp.argmin(_distances(som.weights, jnp.asarray(embeddings, jnp.float32), distance), -1)
+    return jnp.argmin(_distances(som.weights, jnp.asarray(embeddings, jnp.float32), som.distance), -1)

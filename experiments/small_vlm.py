@@ -338,7 +338,7 @@ def _plot_curves(records: dict[str, dict], folder: str) -> None:
 
 
 def _plot_samples(data: list[shapes.Example], predicted: dict[str, list[str]], folder: str, count: int = 8) -> None:
-    fig, axes = plt.subplots(2, count // 2, figsize=(3.2 * count // 2, 8))
+    fig, axes = plt.subplots(2, count // 2, figsize=(3.2 * count // 2, 10), gridspec_kw={"hspace": 0.9})
     for i, (example, ax) in enumerate(zip(data, axes.flat)):
         ax.imshow(example.image, interpolation="nearest")
         for obj in example.objects:

@@ -23,7 +23,7 @@ from experiments import arithmetic_traces as traces
 from experiments.outputs import output_dir, save_figure, save_json
 from jaxinterp.methods import step_saliency as ss
 from jaxinterp.methods.reasoning_segments import tokenize_trace
-from jaxinterp.viz.step_maps import layer_profiles, step_map_grid
+from jaxinterp.viz.step_maps import layer_curves, step_map_grid
 
 MAX_STEPS = 16  # step maps are [16, 16]; tokens of later steps take part in no block
 BUCKET = 64
@@ -110,7 +110,7 @@ def main() -> None:
         if len(members) > 1:
             values = np.array([r["final_heat_anomaly"] for r in members])
             curves[f"{label} (n={len(members)})"] = np.stack([values.mean(0), values.std(0) / np.sqrt(len(values))])
-    save_figure(layer_profiles(curves, ylabel="final-heat anomaly  mean(S,S) / mean(T,T)",
+    save_figure(layer_curves(curves, ylabel="final-heat anomaly  mean(S,S) / mean(T,T)",
                                title="Step-Saliency layer profile, SmolLM2"), folder, "layer_profile.png")
     for key in ("shallow_lock_in", "deep_decay"):
         print(f"{key}: correct {results[key]['correct_mean']}, wrong {results[key]['wrong_mean']}, "

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from jaxinterp.viz.figures import finish
 
 
 def layer_head_heatmap(
@@ -26,6 +25,4 @@ def layer_head_heatmap(
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label=colorbar)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return finish(fig, path)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from jaxinterp.viz.figures import finish
 
 
 def layer_profiles(profiles: Mapping[str, np.ndarray], *, title: str = "", log: Sequence[str] = (),
@@ -29,6 +28,4 @@ def layer_profiles(profiles: Mapping[str, np.ndarray], *, title: str = "", log: 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return finish(fig, path)

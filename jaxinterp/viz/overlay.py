@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
+import matplotlib.colors
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from jaxinterp.viz.figures import finish
 
 ALPHA = 0.4  # LLaVA-CAM's overlay weight
 CMAP = "jet"
@@ -53,9 +53,7 @@ def image_overlay(image, heatmap, *, title: str, label: str = "attribution", alp
     right.set_title(title, fontsize=9)
     fig.colorbar(_scale(vmin, vmax), ax=right, fraction=0.046, pad=0.04, label=label)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return finish(fig, path)
 
 
 def layer_grid(image, maps, labels: Sequence[str], *, title: str, label: str = "attribution", cols: int = 4,
@@ -76,6 +74,4 @@ def layer_grid(image, maps, labels: Sequence[str], *, title: str, label: str = "
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.colorbar(_scale(vmin, vmax), cax=fig.add_axes((0.87, 0.15, 0.02, 0.7)), label=label)
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return finish(fig, path)

@@ -17,15 +17,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import to_hex
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-
-from jaxinterp.viz.overlay import image_overlay, layer_grid  # noqa: E402
-from jaxinterp.viz.token_strip import score_norm  # noqa: E402
+from jaxinterp.viz.overlay import image_overlay, layer_grid
+from jaxinterp.viz.token_strip import score_norm
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; line-height: 1.4; }

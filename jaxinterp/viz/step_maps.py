@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from jaxinterp.viz.figures import finish
 
 
 def step_map_grid(maps, kinds: Sequence[str], layers: Sequence[int], *, title: str) -> plt.Figure:
@@ -32,10 +31,10 @@ def step_map_grid(maps, kinds: Sequence[str], layers: Sequence[int], *, title: s
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    return fig
+    return finish(fig)
 
 
-def layer_profiles(curves: Mapping[str, np.ndarray], *, ylabel: str, title: str) -> plt.Figure:
+def layer_curves(curves: Mapping[str, np.ndarray], *, ylabel: str, title: str) -> plt.Figure:
     """Per-layer curves (label -> [layers] mean, optionally [2, layers] mean and standard error)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, curve in curves.items():
@@ -48,4 +47,4 @@ def layer_profiles(curves: Mapping[str, np.ndarray], *, ylabel: str, title: str)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return fig
+    return finish(fig)

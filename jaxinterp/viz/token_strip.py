@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import Normalize
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
+from jaxinterp.viz.figures import finish
 
 CHARS_PER_INCH = 11  # monospace characters per inch of strip at 9 pt, with a little room
 
@@ -88,9 +87,7 @@ def token_strips(tokens: Sequence[str], rows: Mapping[str, np.ndarray], *, title
     top = head
     for name, scores in rows.items():
         top = _strip(fig, top, tokens, np.asarray(scores, np.float32), lines, width, name, highlight)
-    if path is not None:
-        fig.savefig(path, dpi=150)
-    return fig
+    return finish(fig, path)
 
 
 def token_strip(tokens: Sequence[str], scores, *, title: str, highlight: int | None = None, width: float = 9.0,

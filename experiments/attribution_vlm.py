@@ -174,7 +174,7 @@ def _examples(rows, predicted, maps, folder, kind, count: int = 4) -> None:
     names = list(maps)
     for i in range(min(count, len(rows))):
         example, question = rows[i]
-        fig = layer_grid(example.image, np.stack([maps[n][i] for n in names]), names, cols=5,
+        fig = layer_grid(example.image, np.stack([maps[n][i] for n in names]), names, cols=5, shared_scale=False,
                          title=f"{kind}: {question.text} -> {predicted[i]} (truth {question.answer})")
         save_figure(fig, folder, f"examples_{kind}_{i}.png")
 

@@ -57,21 +57,29 @@ def image_overlay(image, heatmap, *, title: str, label: str = "attribution", alp
 
 
 def layer_grid(image, maps, labels: Sequence[str], *, title: str, label: str = "attribution", cols: int = 4,
-               alpha: float = ALPHA, path: str | os.PathLike | None = None) -> plt.Figure:
-    """One overlay per map of [L, rows, cols] (e.g. every layer's LLaVA-CAM), on one shared colour scale."""
+               alpha: float = ALPHA, shared_scale: bool = True, path: str | os.PathLike | None = None) -> plt.Figure:
+    """One overlay per map of [L, rows, cols] over the same image.
+
+    `shared_scale`: one colour scale for all maps (every layer of one method, whose sizes
+    compare), or each map min-max normalised to [0, 1] (different methods, whose units differ).
+    """
     image, maps = np.asarray(image), np.asarray(maps, np.float32)
     if len(labels) != len(maps):
         raise ValueError(f"labels: expected one per map ({len(maps)}), found {len(labels)}")
+    if not shared_scale:
+        low = maps.min(axis=(1, 2), keepdims=True)
+        maps = (maps - low) / np.maximum(maps.max(axis=(1, 2), keepdims=True) - low, 1e-12)
+        label = f"{label} (each map scaled to [0, 1])"
     cols = min(cols, len(maps))
     rows = -(-len(maps) // cols)
     vmin, vmax = _range(maps)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.9, 2.4 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1.2, 2.5 * rows + 0.5), squeeze=False,
+                             layout="constrained")
     for ax, heatmap, name in zip(axes.flat, maps, labels):
         _draw(ax, image, heatmap, vmin, vmax, alpha)
         ax.set_title(name, fontsize=8)
     for ax in list(axes.flat)[len(maps):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
-    fig.colorbar(_scale(vmin, vmax), cax=fig.add_axes((0.87, 0.15, 0.02, 0.7)), label=label)
+    fig.colorbar(_scale(vmin, vmax), ax=axes, shrink=0.8, label=label)
     return finish(fig, path)

@@ -77,6 +77,7 @@ def pypi_unreachable() -> str | None:
         return f"PyPI (pypi.org:443) is unreachable: {error}"
 
 
+@pytest.mark.network
 def test_real_task_through_pip(tmp_path, monkeypatch):
     reason = pypi_unreachable()
     if reason:

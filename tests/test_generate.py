@@ -49,6 +49,7 @@ def _recompute_greedy(model, prompt_ids, steps, edits):
     return ids[len(prompt_ids):]
 
 
+@pytest.mark.slow  # about 30 s on 2 cores
 def test_edits_apply_at_every_decode_step_with_absolute_positions(smollm2):
     prompts = ["The tallest mountain in the world is", "My favourite food is"]
     edits = (
@@ -108,6 +109,7 @@ def test_bad_arguments_are_clear(smollm2, kwargs, message):
         smollm2.generate("Hello", **kwargs)
 
 
+@pytest.mark.slow  # about 30 s on 2 cores
 def test_labeler_steps_reach_edits_at_every_step(smollm2):
     """An edit whose effect depends on the labeler's step index gives the same tokens as a
     recompute that passes those step indices explicitly, and differs from running unlabelled."""

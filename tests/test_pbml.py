@@ -76,6 +76,7 @@ def test_the_base_learner_fixes_bad_label_words():
     assert float(before) == 0.0 and float(after) == 1.0
 
 
+@pytest.mark.slow  # about 15 s on 2 cores
 def test_meta_training_lowers_the_query_loss_of_a_tiny_encoder():
     """Texts of class c repeat token c + 2; label words are uninformative, so the prompt and
     encoder must learn to make the last-position state carry the class."""

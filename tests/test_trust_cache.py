@@ -153,6 +153,7 @@ np.save({out!r}, np.asarray(model(np.array({tokens}, np.int32))))
 """
 
 
+@pytest.mark.slow  # about 30 s on 2 cores
 def test_two_processes_loading_smollm2_at_once_end_with_one_good_entry(tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
     children = [start_python(CONCURRENT_LOAD.format(out=str(tmp_path / f"{i}.npy"), tokens=TOKENS.tolist()), env=env)

@@ -60,7 +60,8 @@ def main() -> None:
     full = [sl.build_game(model.tokenizer, demonstration(d), tests, query=QUERY)[0] for d in demos]
     merged, offsets = sl.merge_games(full)
     rows = np.concatenate([offset + np.arange(len(tests)) for offset in offsets])
-    values = sl.row_values(model, merged, rows, np.ones((len(rows), merged.n), bool), progress=True)
+    values = sl.row_values(model, merged, rows, np.ones((len(rows), merged.n), bool), deletion="tokens",  # full prompts
+                           progress=True)
     accuracy = (values.reshape(len(demos), len(tests)) > 0).mean(axis=1)
 
     metrics = [a.metrics((0.0, 0.5, 1.0)) for a in attributions]

@@ -152,3 +152,34 @@ def test_masked_coalitions_equal_the_forward_of_the_deleted_text():
         assert np.all(memo(np.ones((1, g.n), bool)) != 0)
         assert attribution.evaluations == 2**g.n
     assert [g.n for g in games] == [2, 3]
+
+
+def test_text_deletion_equals_one_forward_per_retokenised_prompt(smollm2):
+    """With a BPE tokenizer, masking an expression's tokens is not the deleted text (the tokenizer
+    merges the characters at the cut differently); `deletion="text"` scores the text itself."""
+    tokenizer = smollm2.tokenizer
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                         num_kv_heads=1, head_dim=8)
+    model = ji.Model(config, init_params(config, jax.random.key(1)))
+    demo = "Q: Sara has 2 pens and gets 3 more.\nA: 2 + 3 = 5. The answer is 5.\n\n"
+    tests = [("Tom has 4 and gets 1.", "5"), ("Ann has 6 and gives 2.", "4")]
+    game, _ = sl.build_game(tokenizer, demo, tests)
+    masks = np.array([[True], [False]])
+    by_text = sl.coalition_values(model, game, masks, deletion="text", confidence="logit", chunk_size=2)
+    by_tokens = sl.coalition_values(model, game, masks, deletion="tokens", confidence="logit", chunk_size=2)
+    for m, keep in enumerate(masks):
+        for p, (question, gold) in enumerate(tests):
+            prompt, text = game.source.prompt(p, keep)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            answer = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            logits = model(np.array([ids], np.int32))[0]
+            positions = np.arange(answer, len(ids))
+            expected = sl.answer_value(logits, positions, np.array(ids)[positions], np.ones(len(positions), bool),
+                                       "logit")
+            np.testing.assert_allclose(by_text[m, p], expected, atol=1e-5)
+    np.testing.assert_allclose(by_text[0], by_tokens[0], atol=1e-5)  # nothing deleted: the same prompts
+    kept = np.asarray(sl.coalition_batch(game, 0, masks[1]).mask[0])
+    retokenised = tokenizer(game.source.prompt(0, masks[1])[1], add_special_tokens=False)["input_ids"]
+    assert list(np.asarray(game.tokens[0])[kept]) != retokenised  # why `text` is the default
+    with pytest.raises(ji.ArgumentError, match="deletion"):
+        sl.coalition_values(model, game, masks, deletion="characters")

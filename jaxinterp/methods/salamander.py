@@ -5,12 +5,17 @@ demonstrations' worked answers (GSM8K `48/2 = <<48/2=24>>24` and plain `a op b =
 everything else is the whiteboard, present in every coalition. A coalition prompt deletes
 the expressions outside the coalition.
 
-Batched coalitions: the full prompt is tokenised once and each token knows its player
-(-1 for the whiteboard). Deleting a set of expressions is then a token mask, with positions
-recomputed as the count of kept tokens before each token, which is the forward of the
-shortened prompt (up to how the tokenizer would have merged the characters at the cut).
-So v over many coalitions and test problems is one `sweep` (a vmapped, chunked forward over
-coalition masks), never one prompt at a time.
+Batched coalitions (`deletion`): every (coalition, test problem) row is one prompt, and all rows
+are scored by one `sweep` (a vmapped, chunked forward), never one prompt at a time.
+- `text` (default; the spec's inferred reading of the paper): the expressions outside the
+  coalition are deleted from the text, which is tokenised again on the host; rows are
+  right-padded to a common width (a multiple of 16, so few widths compile).
+- `tokens`: the full prompt is tokenised once and each token knows its player (-1 for the
+  whiteboard); deleting expressions is a token mask with positions recounted over the kept
+  tokens. Everything stays on the device, but a BPE tokenizer merges the characters at a cut
+  differently (with SmolLM2's, 60 of 64 benchmark rows differ from the re-tokenised text, and
+  their values by up to 0.5): an approximation, exact only for tokenizers that never merge
+  across an expression's edge.
 
 Value (Eq. 2): v(S) = conf(S) * 1[y_pred(S) = y*], evaluated by teacher forcing the gold
 answer y* after the prompt: y_pred = y* exactly when greedy decoding would emit y*, i.e.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import chex
 import jax
@@ -61,6 +67,27 @@ def coalition_text(text: str, spans: Sequence[tuple[int, int]], keep: Sequence[b
     return "".join(pieces) + text[last:]
 
 
+DELETIONS = ("text", "tokens")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+    """What a game was built from, to tokenise coalition prompts again (`deletion="text"`)."""
+
+    tokenizer: Any
+    demonstrations: str
+    spans: tuple[tuple[int, int], ...]
+    tests: tuple[tuple[str, str], ...]
+    query: str
+    answer: str
+
+    def prompt(self, problem: int, keep: Sequence[bool]) -> tuple[str, str]:
+        """(prompt, prompt + gold answer) of test problem `problem` with the coalition `keep`."""
+        question, gold = self.tests[problem]
+        prompt = coalition_text(self.demonstrations, self.spans, keep) + self.query.format(question=question)
+        return prompt, prompt + self.answer.format(answer=gold)
+
+
 @struct.dataclass
 class Game:
     """One demonstration set against P test problems, tokenised once (right-padded to T).
@@ -70,6 +97,7 @@ class Game:
       players: [P, T] expression index of each token, -1 for the whiteboard.
       answer_positions, answer_tokens, answer_mask: [P, A] the gold answer tokens and where they sit.
       n: number of players.
+      source: the texts and tokenizer it came from (None for merged games).
     """
 
     tokens: Array
@@ -79,6 +107,29 @@ class Game:
     answer_tokens: Array
     answer_mask: Array
     n: int = struct.field(pytree_node=False)
+    source: Source | None = struct.field(pytree_node=False, default=None)
+
+
+def _encode(tokenizer, prompt: str, text: str) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """(ids, indices of the tokens after `prompt`, character offsets) of `text`."""
+    encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    offsets = encoded["offset_mapping"]
+    return encoded["input_ids"], [i for i, (a, b) in enumerate(offsets) if a >= len(prompt) and b > a], offsets
+
+
+def _padded(rows: Sequence[tuple[list[int], list[int]]], multiple: int = 1) -> dict[str, Array]:
+    """Right-padded [R, T] tokens and mask and [R, A] answer positions, tokens and mask of
+    (ids, answer indices) rows; T rounded up to `multiple`."""
+    width = -(-max(len(ids) for ids, _ in rows) // multiple) * multiple
+    answers = max(len(a) for _, a in rows)
+    pad = lambda seq, size, value: list(seq) + [value] * (size - len(seq))  # noqa: E731
+    return {
+        "tokens": jnp.asarray([pad(ids, width, 0) for ids, _ in rows], jnp.int32),
+        "mask": jnp.asarray([pad([True] * len(ids), width, False) for ids, _ in rows]),
+        "answer_positions": jnp.asarray([pad(a, answers, a[-1]) for _, a in rows], jnp.int32),
+        "answer_tokens": jnp.asarray([pad([ids[i] for i in a], answers, ids[a[-1]]) for ids, a in rows], jnp.int32),
+        "answer_mask": jnp.asarray([pad([True] * len(a), answers, False) for _, a in rows]),
+    }
 
 
 def build_game(tokenizer, demonstrations: str, tests: Sequence[tuple[str, str]], *,
@@ -93,28 +144,16 @@ def build_game(tokenizer, demonstrations: str, tests: Sequence[tuple[str, str]],
     spans = find_expressions(demonstrations)
     if not spans:
         raise ArgumentError(f"demonstrations: expected at least one expression like 'a + b = c', found none in {demonstrations[:80]!r}")
-    rows = []
-    for question, gold in tests:
-        prompt = demonstrations + query.format(question=question)
-        text = prompt + answer.format(answer=gold)
-        encoded = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-        offsets = encoded["offset_mapping"]
-        players = token_steps(offsets, [Step("expression", a, b) for a, b in spans])
-        in_answer = [i for i, (a, b) in enumerate(offsets) if a >= len(prompt) and b > a]
-        rows.append((encoded["input_ids"], players, in_answer))
-    width = max(len(ids) for ids, _, _ in rows)
-    answers = max(len(a) for _, _, a in rows)
-    pad = lambda seq, size, value: list(seq) + [value] * (size - len(seq))  # noqa: E731
-    game = Game(
-        tokens=jnp.asarray([pad(ids, width, 0) for ids, _, _ in rows], jnp.int32),
-        mask=jnp.asarray([pad([True] * len(ids), width, False) for ids, _, _ in rows]),
-        players=jnp.asarray([pad(p, width, -1) for _, p, _ in rows], jnp.int32),
-        answer_positions=jnp.asarray([pad(a, answers, a[-1]) for _, _, a in rows], jnp.int32),
-        answer_tokens=jnp.asarray([pad([ids[i] for i in a], answers, ids[a[-1]]) for ids, _, a in rows], jnp.int32),
-        answer_mask=jnp.asarray([pad([True] * len(a), answers, False) for _, _, a in rows]),
-        n=len(spans),
-    )
-    return game, demonstrations + query.format(question=tests[0][0])
+    source = Source(tokenizer, demonstrations, tuple(spans), tuple((str(q), str(a)) for q, a in tests), query, answer)
+    rows, players = [], []
+    for problem in range(len(tests)):
+        ids, in_answer, offsets = _encode(tokenizer, *source.prompt(problem, [True] * len(spans)))
+        rows.append((ids, in_answer))
+        players.append(token_steps(offsets, [Step("expression", a, b) for a, b in spans]))
+    arrays = _padded(rows)
+    width = arrays["tokens"].shape[1]
+    players = jnp.asarray([list(p) + [-1] * (width - len(p)) for p in players], jnp.int32)
+    return Game(**arrays, players=players, n=len(spans), source=source), source.prompt(0, [True] * len(spans))[0]
 
 
 def answer_value(logits: Array, answer_positions: Array, answer_tokens: Array, answer_mask: Array,
@@ -143,15 +182,16 @@ def coalition_batch(game: Game, problem: Array | int, coalition: Array) -> Batch
     return make_batch(game.tokens[problem][None], kept[None], positions=jnp.maximum(jnp.cumsum(kept) - 1, 0)[None])
 
 
-def row_values(model, game: Game, problems: np.ndarray, coalitions: np.ndarray, *, confidence: str = "probability",
-               chunk_size: int = 16, progress: bool = False) -> np.ndarray:
+def row_values(model, game: Game, problems: np.ndarray, coalitions: np.ndarray, *, deletion: str = "text",
+               confidence: str = "probability", chunk_size: int = 16, progress: bool = False) -> np.ndarray:
     """v of R (test problem, coalition) rows: problems [R] int, coalitions [R, n] bool -> [R], as ONE
-    sweep (a vmapped forward over chunks of rows; one compiled program)."""
-    if confidence not in CONFIDENCES:
-        raise ArgumentError(f"confidence: expected one of {CONFIDENCES}, found {confidence!r}")
+    sweep (a vmapped forward over chunks of rows). `deletion`: `text` or `tokens` (module docstring)."""
+    _check(deletion, confidence)
     coalitions = np.asarray(coalitions, bool)
     if coalitions.ndim != 2 or coalitions.shape[1] != game.n or len(coalitions) != len(problems):
         raise ArgumentError(f"coalitions: expected a [{len(problems)}, {game.n}] boolean array, found shape {coalitions.shape}")
+    if deletion == "text":
+        return _text_values(model, _deleted_rows(game, problems, coalitions), confidence, chunk_size, progress)
 
     def value(game, row):
         p = row["problem"]
@@ -160,6 +200,37 @@ def row_values(model, game: Game, problems: np.ndarray, coalitions: np.ndarray, 
 
     rows = {"coalition": coalitions, "problem": np.asarray(problems, np.int32)}
     return np.asarray(sweep(value, game, rows, chunk_size=chunk_size, progress=progress), np.float64)
+
+
+def _check(deletion: str, confidence: str) -> None:
+    if deletion not in DELETIONS:
+        raise ArgumentError(f"deletion: expected one of {DELETIONS}, found {deletion!r}")
+    if confidence not in CONFIDENCES:
+        raise ArgumentError(f"confidence: expected one of {CONFIDENCES}, found {confidence!r}")
+
+
+def _deleted_rows(game: Game, problems: np.ndarray, coalitions: np.ndarray) -> list[tuple[list[int], list[int]]]:
+    """(ids, answer indices) of each row's prompt with the expressions outside its coalition deleted."""
+    if game.source is None:
+        raise ArgumentError("deletion='text' needs a game from build_game (merged games keep no text); "
+                            "use deletion='tokens' or score each game on its own")
+    rows = []
+    for problem, keep in zip(problems, np.asarray(coalitions, bool)):
+        ids, in_answer, _ = _encode(game.source.tokenizer, *game.source.prompt(int(problem), keep[:len(game.source.spans)]))
+        rows.append((ids, in_answer))
+    return rows
+
+
+def _text_values(model, rows: Sequence[tuple[list[int], list[int]]], confidence: str, chunk_size: int,
+                 progress: bool) -> np.ndarray:
+    """v of each tokenised prompt row, one sweep over the right-padded rows."""
+
+    def value(_, row):
+        logits = model(make_batch(row["tokens"][None], row["mask"][None]))[0]
+        return answer_value(logits, row["answer_positions"], row["answer_tokens"], row["answer_mask"], confidence)
+
+    return np.asarray(sweep(value, None, _padded(rows, multiple=16), chunk_size=chunk_size, progress=progress),
+                      np.float64)
 
 
 def coalition_values(model, game: Game, coalitions: np.ndarray, **options) -> np.ndarray:
@@ -232,15 +303,17 @@ class Attribution:
         return {**out, "ssv": ssv(self.phibar), "noe": noe(self.phibar)}
 
 
-def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama", confidence: str = "probability",
-              chunk_size: int = 16, progress: bool = False, **options) -> Attribution | list[Attribution]:
+def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama", deletion: str = "text",
+              confidence: str = "probability", chunk_size: int = 16, progress: bool = False,
+              **options) -> Attribution | list[Attribution]:
     """Shapley values of the expressions of one game (or of each of several) with one of
     `shapley.ESTIMATORS` (SalaMA by default; `options` such as m, seed, permutations, samples go to
     the estimator). The coalitions every estimator asks for are gathered first (estimators are
     deterministic given their seed), then every distinct (game, coalition, problem) row is scored
-    in one `row_values` sweep, and the estimators re-run on the memo tables."""
+    in one sweep (`deletion` as in `row_values`), and the estimators re-run on the memo tables."""
     if estimator not in shapley.ESTIMATORS:
         raise ArgumentError(f"estimator: expected one of {sorted(shapley.ESTIMATORS)}, found {estimator!r}")
+    _check(deletion, confidence)
     single = isinstance(games, Game)
     games = [games] if single else list(games)
     wanted = []
@@ -248,14 +321,16 @@ def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama",
         asked = shapley.Memo(lambda masks, p=game.tokens.shape[0]: np.zeros((len(masks), p)))
         shapley.ESTIMATORS[estimator](asked, game.n, **options)
         wanted.append(np.stack([np.frombuffer(key, bool) for key in asked.table]))
-    merged, offsets = merge_games(games)
-    problems, coalitions = [], []
-    for game, offset, masks in zip(games, offsets, wanted):
-        count = game.tokens.shape[0]
-        problems.append(offset + np.tile(np.arange(count), len(masks)))
-        coalitions.append(np.pad(np.repeat(masks, count, axis=0), ((0, 0), (0, merged.n - game.n))))
-    values = row_values(model, merged, np.concatenate(problems), np.concatenate(coalitions), confidence=confidence,
-                        chunk_size=chunk_size, progress=progress)
+    rows = [(np.tile(np.arange(game.tokens.shape[0]), len(masks)), np.repeat(masks, game.tokens.shape[0], axis=0))
+            for game, masks in zip(games, wanted)]
+    if deletion == "text":
+        encoded = [row for game, (problems, masks) in zip(games, rows) for row in _deleted_rows(game, problems, masks)]
+        values = _text_values(model, encoded, confidence, chunk_size, progress)
+    else:
+        merged, offsets = merge_games(games)
+        values = row_values(model, merged, np.concatenate([offset + p for offset, (p, _) in zip(offsets, rows)]),
+                            np.concatenate([np.pad(m, ((0, 0), (0, merged.n - m.shape[1]))) for _, m in rows]),
+                            deletion="tokens", confidence=confidence, chunk_size=chunk_size, progress=progress)
     results, start = [], 0
     for game, masks in zip(games, wanted):
         count = game.tokens.shape[0]

@@ -28,9 +28,10 @@ def save_json(folder: str, data: dict[str, Any], name: str = "results.json") -> 
 
 
 def save_figure(fig: plt.Figure, folder: str, name: str) -> str:
-    """Saves a matplotlib figure as PNG and closes it."""
+    """Saves a matplotlib figure as PNG (tight layout unless it has a layout engine) and closes it."""
     path = os.path.join(folder, name)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")

@@ -13,7 +13,7 @@ count); every span (image / question / answer) comes from the prompts' segments.
 2. EVAS on / off: greedy answers with EVAS on each decoder layer (the paper's layer 1 is this
    model's last) at both betas; exact-match accuracy per question kind, flips, McNemar p-value.
 3. Information flow: attention mass from the image, question and template tokens to the answer
-   tokens (teacher-forced), per layer, and the suggested cliff layer.
+   tokens (teacher-forced), per layer, the LLaVA-CAM intensity per layer, and the suggested cliff layer.
 4. Truncation sweep: answer exact match and log-prob with the image hidden from layer K on
    (R = 0, the paper's setting, and R = 8 kept tokens), for every K, against K = L (no truncation).
 
@@ -32,7 +32,7 @@ from experiments import small_vlm
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data import shapes
 from jaxinterp.methods.evas import evas, sink_profile
-from jaxinterp.methods.infoflow import information_flow
+from jaxinterp.methods.infoflow import information_flow, llava_cam_intensity
 from jaxinterp.methods.truncation import truncation_sweep
 from jaxinterp.models import segment_id
 from jaxinterp.viz import layer_head_heatmap
@@ -99,9 +99,10 @@ def main() -> None:
                        for label, texts in answers.items()}
 
     print("3. information flow")
-    flows = [information_flow(model, b, sources=SOURCES) for b in teacher]
+    flows = [information_flow(model, b, sources=SOURCES, intensity=llava_cam_intensity) for b in teacher]
     mass = np.nanmean(np.stack([f.mass for f in flows]), axis=0)
     results["information_flow"] = {"sources": list(SOURCES), "mass": mass.tolist(),
+                                   "llava_cam_intensity": np.mean([f.intensity for f in flows], axis=0).tolist(),
                                    "cliff_per_chunk": [f.cliff for f in flows]}
 
     print("4. truncation sweep")

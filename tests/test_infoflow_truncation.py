@@ -121,3 +121,20 @@ def test_truncation_on_a_text_model_span_and_no_recompile():
     probs = model.run(batch, capture=["blocks.2.attn.probs"], edits=Truncate(start=2, span="system"))
     assert model._forward._cache_size() == size + 1  # the new capture set, not the new K
     assert np.asarray(probs["blocks.2.attn.probs"])[0][:, :, 2:8].max() == 0.0
+
+
+def test_llava_cam_intensity_is_the_unnormalised_map_per_layer(vlm):
+    from jaxinterp.attribution import attribute
+    from jaxinterp.methods.infoflow import llava_cam_intensity
+
+    batch = vlm_batch(vlm, answers=True)
+    raw = np.asarray(attribute(vlm, batch, method="llava_cam_intensity").image)  # [L, B, N, rows, cols]
+    cam = np.asarray(attribute(vlm, batch, method="llava_cam", threshold=None).image)
+    peak = raw.max(axis=(-2, -1), keepdims=True)
+    np.testing.assert_allclose(cam, raw / np.where(peak > 0, peak, 1.0), atol=1e-5)
+    profile = llava_cam_intensity(vlm, batch)
+    np.testing.assert_allclose(profile, raw.reshape(len(raw), -1).mean(axis=1), rtol=1e-6)
+    assert profile.shape == (2,) and profile[0] > 0
+    assert profile[1] == 0.0  # after the last attention, image positions no longer reach the answer
+    flow = information_flow(vlm, batch, intensity=llava_cam_intensity)
+    np.testing.assert_allclose(flow.intensity, profile)

@@ -37,6 +37,8 @@ METHODS: dict[str, tuple[Callable[..., Attribution], str | None]] = {
     "grad_cam_pp": (gradcam.grad_cam_pp, "blocks.*.resid_mid"),
     # the spec's site is the MLP input norm of each layer; resid_mid is that norm's input (no site taps the norm)
     "llava_cam": (gradcam.llava_cam, "blocks.*.resid_mid"),
+    # the same map unnormalised and unthresholded: its size per layer is the information-flow intensity
+    "llava_cam_intensity": (gradcam.llava_cam_intensity, "blocks.*.resid_mid"),
     "score_cam": (score_cam.score_cam, "projector.out"),
     "tam": (tam.tam, None),
     "rollout": (rollout.rollout, None),

@@ -47,12 +47,17 @@ def grad_cam_pp(features: Array, grads: Array, mask: Array) -> Array:
     return jax.nn.relu(jnp.einsum("...nc,...c->...n", f, weights)) * mask
 
 
-def llava_cam(features: Array, grads: Array, mask: Array) -> Array:
-    """LLaVA-CAM (Zhang et al., NAACL 2025; spec A.5-6): a_c = mean_i ReLU(G[i, c]) (ReLU before pooling),
-    map = ReLU(mean_c a_c F[i, c]) divided by its max (the 0.5 threshold is `cam_method`'s option)."""
+def llava_cam_intensity(features: Array, grads: Array, mask: Array) -> Array:
+    """LLaVA-CAM before its max-normalisation (Zhang et al., NAACL 2025; spec A.5-6): a_c =
+    mean_i ReLU(G[i, c]) (ReLU before pooling), map = ReLU(mean_c a_c F[i, c]). Its size is what
+    the information-flow analysis compares across layers (spec B.3)."""
     f, g, mask = _checked(features, grads, mask)
-    cam = jax.nn.relu(jnp.einsum("...nc,...c->...n", f, _pooled(jax.nn.relu(g), mask)) / f.shape[-1]) * mask
-    return max_normalise(cam, axes=(-1,))
+    return jax.nn.relu(jnp.einsum("...nc,...c->...n", f, _pooled(jax.nn.relu(g), mask)) / f.shape[-1]) * mask
+
+
+def llava_cam(features: Array, grads: Array, mask: Array) -> Array:
+    """LLaVA-CAM: `llava_cam_intensity` divided by its max (the 0.5 threshold is `cam_method`'s option)."""
+    return max_normalise(llava_cam_intensity(features, grads, mask), axes=(-1,))
 
 
 def diffusion_base(features: Array, grads: Array, mask: Array) -> Array:

@@ -104,3 +104,4 @@ def cam_method(request: Request, *, combine: Combine, threshold: float | None = 
 grad_cam = functools.partial(cam_method, combine=cam.grad_cam)
 grad_cam_pp = functools.partial(cam_method, combine=cam.grad_cam_pp)
 llava_cam = functools.partial(cam_method, combine=cam.llava_cam, threshold=0.5)
+llava_cam_intensity = functools.partial(cam_method, combine=cam.llava_cam_intensity)

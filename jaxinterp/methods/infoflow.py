@@ -64,6 +64,17 @@ def cliff_layer(*profiles: np.ndarray, fraction: float = 0.5) -> int | None:
     return found[0] if found else None
 
 
+def llava_cam_intensity(model: Any, inputs: Any, *, site: str = "blocks.*.resid_mid") -> np.ndarray:
+    """[L] LLaVA-CAM intensity per layer, the `intensity` hook of `information_flow`: the mean over
+    the image patches (and rows) of each layer's unnormalised LLaVA-CAM of the teacher-forced
+    answer (spec B.3: the CAM and the image flow drop together after the cliff layer). The map is
+    taken before the max-normalisation and the 0.5 threshold, which would hide its size."""
+    from jaxinterp.attribution import attribute
+
+    maps = attribute(model, inputs, method="llava_cam_intensity", site=site, region="image").image
+    return np.asarray(maps, np.float64).reshape(maps.shape[0], -1).mean(axis=1)
+
+
 def information_flow(model: Any, inputs: Any, *, sources: Sequence[str] = ("system", "image", "question"),
                      target: str = "answer", image: str = "image", intensity: IntensityProfile | None = None,
                      fraction: float = 0.5, edits: Edit | tuple | None = ()) -> Flow:

@@ -57,6 +57,7 @@ from jaxinterp.models.siglip_vision import SiglipVisionConfig
 from jaxinterp.multimodal import encode
 
 KINDS = ("llava", "diffusion")
+LEARNING_RATES = {"llava": 3e-3, "diffusion": 1e-3}
 ANSWER_LENGTH = 3  # answer tokens generated: the longest answer ("top left") and its <eos>
 ANSWER = segment_id("answer")
 Loss = Callable[[LlavaConfig, dict, Batch, jax.Array], tuple[jax.Array, dict]]
@@ -69,7 +70,9 @@ class Settings:
     Attributes:
       kind: `llava` (causal, next-token loss) or `diffusion` (bidirectional, masked diffusion).
       train_images: training scenes (each with one question of every kind).
-      steps, batch_size, learning_rate: AdamW with warm-up and cosine decay to a tenth.
+      steps, batch_size, learning_rate: AdamW with warm-up and cosine decay to a tenth; the
+        learning rate defaults per kind (`LEARNING_RATES`: at 3e-3 the diffusion model learned
+        only the answer priors, 0.447 held-out accuracy; at 1e-3 it reads the image, 0.62).
       width, heads: residual width and attention heads of tower, projector and decoder.
       vision_layers, text_layers: blocks of the tower and of the decoder.
       image_size, patch_size: the images and the tower's patches.
@@ -80,7 +83,7 @@ class Settings:
     train_images: int = 4000
     steps: int = 1200
     batch_size: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float | None = None
     width: int = 64
     heads: int = 4
     vision_layers: int = 2
@@ -92,6 +95,8 @@ class Settings:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ArgumentError(f"kind: expected one of {KINDS}, found {self.kind!r}")
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", LEARNING_RATES[self.kind])
         if self.width % 4 or self.width % self.heads:
             raise ArgumentError(f"width: expected a multiple of 4 and of heads={self.heads}, found {self.width}")
 

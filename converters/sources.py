@@ -48,7 +48,21 @@ def _torch_to_numpy(tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-class TorchBinFile:
+class _TorchTensors:
+    """Reading a dict of torch tensors (`self._tensors`) as a source."""
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._tensors[name].shape)
+
+    def get(self, name: str) -> np.ndarray:
+        return _torch_to_numpy(self._tensors[name])
+
+
+class TorchBinFile(_TorchTensors):
     """A `pytorch_model.bin` (or `.pt`) read through torch's weights-only unpickler, which
     rebuilds tensors and plain containers and refuses any other object, so no code from the
     file runs. It must hold a flat dict of name -> dense tensor."""
@@ -81,33 +95,14 @@ class TorchBinFile:
                     f"{self.path}: entry {name!r}: expected a dense tensor of dtype {sorted(TORCH_DTYPES)}, found {found}"
                 )
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._tensors)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._tensors[name].shape)
-
-    def get(self, name: str) -> np.ndarray:
-        return _torch_to_numpy(self._tensors[name])
 
 
-class ModuleTensors:
+class ModuleTensors(_TorchTensors):
     """The state dict of an in-memory PyTorch model."""
 
     def __init__(self, module):
         self.path = f"<in-memory {type(module).__name__}>"
         self._tensors = module.state_dict()
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._tensors)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._tensors[name].shape)
-
-    def get(self, name: str) -> np.ndarray:
-        return _torch_to_numpy(self._tensors[name])
 
 
 class ShardedSource:

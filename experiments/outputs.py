@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from jaxinterp.viz.figures import finish  # noqa: E402
+
 
 def output_dir(path: str) -> str:
     """Creates (if needed) and returns the experiment's output folder."""
@@ -32,7 +34,6 @@ def save_figure(fig: plt.Figure, folder: str, name: str) -> str:
     path = os.path.join(folder, name)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish(fig, path, dpi=120)
     print(f"wrote {path}")
     return path

@@ -176,7 +176,8 @@ def answer_value(logits: Array, answer_positions: Array, answer_tokens: Array, a
 
 def coalition_batch(game: Game, problem: Array | int, coalition: Array) -> Batch:
     """The [1, T] batch of test problem `problem` with the expressions outside `coalition` [n]
-    masked out and positions counting kept tokens only (= the prompt with them deleted)."""
+    masked out and positions counting kept tokens only (`deletion="tokens"`: the deleted prompt up to
+    how the tokenizer merges characters at each cut)."""
     players = game.players[problem]
     kept = game.mask[problem] & ((players < 0) | jnp.asarray(coalition)[jnp.maximum(players, 0)])
     return make_batch(game.tokens[problem][None], kept[None], positions=jnp.maximum(jnp.cumsum(kept) - 1, 0)[None])

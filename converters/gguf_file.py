@@ -5,8 +5,8 @@ is built from must agree with the tensors in the file. Quantised tensors are the
 a memory map and dequantised with the `gguf` package, one tensor at a time. Names
 are translated to the Hugging Face layout, and the query/key rows that llama.cpp permutes
 for its interleaved rotary layout are permuted back, so the family name maps only ever
-speak Hugging Face names. The tokenizer is rebuilt from the file's metadata by
-transformers.
+speak Hugging Face names. The tokenizer is rebuilt from the parsed metadata
+(`gguf_tokenizer`), without torch.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from jaxinterp.converters.gguf_header import TensorInfo, read_header
-from jaxinterp.converters.tokenizers import load_tokenizer
+from jaxinterp.converters.gguf_tokenizer import gguf_tokenizer
 from jaxinterp.errors import CheckpointError, shown
 
 # llama.cpp tensor names -> Hugging Face names, for the architectures we read.
@@ -143,11 +143,10 @@ class GGUFFile:
         return config
 
     def tokenizer(self):
-        """The tokenizer described by the file's metadata (built by transformers), None if it has none."""
+        """The tokenizer described by the file's metadata (built without torch), None if it has none."""
         if "tokenizer.ggml.tokens" not in self.metadata:
             return None
-        folder, name = os.path.split(os.path.abspath(self.path))
-        return load_tokenizer(folder, gguf_file=name)
+        return gguf_tokenizer(self.path, self.metadata)
 
     @property
     def names(self) -> list[str]:

@@ -244,6 +244,9 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # transformers advises at import that without torch "models won't be available"; jaxinterp runs
+    # its own models, so on the command line that advice only interrupts the output.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from jaxinterp.errors import JaxinterpError
 
     try:

@@ -79,4 +79,4 @@ def gguf_tokenizer(path: str, metadata: dict[str, Any]) -> Any:
     except Exception as e:  # a malformed vocabulary, merges or token types: the converters raise any type
         raise CheckpointError(f"{path}: tokenizer: the {shown(repr(fields.get('tokenizer_type')))} vocabulary in "
                               f"the metadata is malformed ({type(e).__name__}: {shown(str(e), 300)})") from None
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **options, **extra)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{**options, **extra})

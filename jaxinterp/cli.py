@@ -128,7 +128,7 @@ def _capture(args) -> None:
     model = _model(args)
     run = model.run(model.encode(args.text, chat=args.chat), capture=args.sites)
     arrays = {name: np.asarray(value) for name, value in run.captured.items()}
-    out = args.out or "activations.safetensors"
+    out = _with_parent(args.out or "activations.safetensors")
     if out.endswith(".npz"):
         np.savez(out, **arrays)
     else:
@@ -175,7 +175,7 @@ def _attribute(args) -> None:
     if args.out:
         maps = {name: np.asarray(value) for name, value in (("values", out.values), ("image", out.image),
                                                              ("tokens", out.tokens)) if value is not None}
-        np.savez(args.out, sites=np.asarray(out.sites, dtype=str), **maps)
+        np.savez(_with_parent(args.out), sites=np.asarray(out.sites, dtype=str), **maps)
         print(f"wrote {', '.join(maps)} to {args.out}")
 
 
@@ -221,9 +221,14 @@ def _data(args) -> None:
     print(f"wrote {out}")
 
 
-def _write_json(path: str, data) -> None:
+def _with_parent(path: str) -> str:
+    """`path`, its folder created if missing (an output may name a folder that does not exist yet)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    return path
+
+
+def _write_json(path: str, data) -> None:
+    with open(_with_parent(path), "w") as f:
         json.dump(data, f, indent=2)
 
 

@@ -5,13 +5,15 @@ raises ModuleNotFoundError and `importlib.util.find_spec("torch")` answers None,
 as in a venv without it), starts from an empty cache, and runs the demo, which converts
 SmolLM2 from its GGUF file, tokenizer included; then it loads a safetensors checkpoint
 with a tokenizer and a converted directory, and asks for a `.bin` checkpoint, which must
-say in one line how to install torch.
+say in one line how to install torch. The other commands of the CLI (generate, capture,
+attention, attribute) run the same way in the slow set.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import textwrap
 
 import pytest
 
@@ -36,33 +38,55 @@ def checkpoints(tmp_path, tiny_checkpoint, smollm2):
     return safetensors, converted, binary
 
 
+def run_without_torch(script: str, cache: pathlib.Path) -> str:
+    """Runs `script` in a child whose `import torch` fails, with the conversion cache at `cache`."""
+    blocker = """
+        import sys
+        sys.modules["torch"] = None
+        import importlib.util
+        assert importlib.util.find_spec("torch") is None
+        from jaxinterp.cli import main
+    """
+    return run_python(textwrap.dedent(blocker) + textwrap.dedent(script), env={"XDG_CACHE_HOME": str(cache)},
+                      timeout=600)
+
+
 def test_demo_and_loading_run_with_torch_absent(tmp_path, checkpoints):
     safetensors, converted, binary = checkpoints
     out = tmp_path / "demo"
-    printed = run_python(f"""
-        import sys
-        sys.modules["torch"] = None
-        import importlib.util, json
+    printed = run_without_torch(f"""
+        import json
         import numpy as np
         import jaxinterp as ji
-        from jaxinterp.cli import main
 
-        assert importlib.util.find_spec("torch") is None
         assert main(["demo", "--max-new-tokens", "4", "--out", {str(out)!r}]) == 0
-        tokens = {{}}
         for source in ({str(safetensors)!r}, {str(converted)!r}):
-            model = ji.load(source, progress=False)
-            logits = model(np.arange(8, dtype=np.int32)[None])
+            logits = ji.load(source, progress=False)(np.arange(8, dtype=np.int32)[None])
             assert np.isfinite(np.asarray(logits)).all()
-        tokens["safetensors"] = ji.load({str(safetensors)!r}, progress=False).tokenizer("Hello, world")["input_ids"]
+        result = {{"tokens": ji.load({str(safetensors)!r}, progress=False).tokenizer("Hello, world")["input_ids"]}}
         try:
             ji.load({str(binary)!r}, progress=False)
         except ji.CheckpointError as e:
-            tokens["bin_error"] = str(e)
-        print(json.dumps(tokens))
-    """, env={"XDG_CACHE_HOME": str(tmp_path / "empty-cache")}, timeout=600)
+            result["bin_error"] = str(e)
+        print(json.dumps(result))
+    """, tmp_path / "empty-cache")
     result = json.loads(printed.strip().splitlines()[-1])
     demo = json.loads((out / "demo.json").read_text())
     assert demo["answer"].strip() and (out / "demo.png").stat().st_size > 10_000
-    assert result["safetensors"] == ji.load("smollm2", progress=False).tokenizer("Hello, world")["input_ids"]
+    assert result["tokens"] == ji.load("smollm2", progress=False).tokenizer("Hello, world")["input_ids"]
     assert "pip install 'jaxinterp[torch]'" in result["bin_error"] and "\n" not in result["bin_error"]
+
+
+@pytest.mark.slow
+def test_every_command_runs_with_torch_absent(tmp_path):
+    out = tmp_path / "out"
+    run_without_torch(f"""
+        for command in (["generate", "Hi", "--chat", "--max-new-tokens", "2"],
+                        ["capture", "Hi there", "--sites", "blocks.0.attn.probs", "--out", {str(out / "acts.npz")!r}],
+                        ["attention", "Hi there", "--out", {str(out / "attention")!r}],
+                        ["attribute", "--prompt", "Hi", "--max-new-tokens", "1", "--method", "grad_x_input",
+                         "--out", {str(out / "maps.npz")!r}]):
+            assert main(command) == 0, command
+    """, tmp_path / "empty-cache")
+    for written in ("acts.npz", "attention/attention.json", "maps.npz"):
+        assert (out / written).stat().st_size > 0, written

@@ -1,10 +1,13 @@
 """Forward speed of SmolLM2: jitted JAX forward vs transformers' PyTorch eager forward.
 
-Both run in this process on the same 128-token prompt; the script prints medians, the
-ratio, the first-call (compile) time, and the time of `load("smollm2")` from the cache in
-a fresh process. Figures depend on the machine; compare ratios, not seconds.
+Both run in this process on the same prompts (default 128 and 1,024 tokens, float32 and
+bfloat16); the script prints medians, ratios, the first-call (compile) time, the time of
+`load("smollm2")` from the cache in a fresh process, and, at the longest length, the fused
+attention path against the materialised one (an identity edit on every layer's
+`attn.probs` forces the latter): time and the compiled program's temporary memory.
+Figures depend on the machine; compare ratios, not seconds.
 
-    python benchmarks/forward.py [--tokens 128] [--repeats 10]
+    python -m benchmarks.forward [--tokens 128 1024] [--repeats 10]
 """
 
 from __future__ import annotations
@@ -19,21 +22,19 @@ import numpy as np
 
 import jaxinterp
 from benchmarks.common import median_seconds, prompt_tokens, torch_reference
+from jaxinterp import models
 
 LOAD_SCRIPT = "import time; t = time.perf_counter(); import jaxinterp; m = jaxinterp.load('smollm2', progress=False); print(time.perf_counter() - t)"
 
 
-def bench(dtype: str, tokens: int, repeats: int) -> dict:
+def bench(model: jaxinterp.Model, reference, ids: np.ndarray, repeats: int) -> dict:
+    """Our forward (first call and median) and the PyTorch eager median on the same ids."""
     import torch
 
-    model = jaxinterp.load("smollm2", dtype=dtype, progress=False)
-    ids = prompt_tokens(model.tokenizer, tokens)
     start = time.perf_counter()
     jax.block_until_ready(model(ids))
     first = time.perf_counter() - start
     ours = median_seconds(lambda: jax.block_until_ready(model(ids)), repeats=repeats)
-
-    reference = torch_reference(dtype)
     torch_ids = torch.as_tensor(ids).long()
 
     def torch_forward():
@@ -41,14 +42,32 @@ def bench(dtype: str, tokens: int, repeats: int) -> dict:
             return reference(input_ids=torch_ids).logits
 
     theirs = median_seconds(torch_forward, repeats=repeats)
-    param_bytes = sum(x.nbytes for x in jax.tree.leaves(model.params))
-    return {"dtype": dtype, "first_call_s": first, "ours_s": ours, "torch_s": theirs,
-            "speedup": theirs / ours, "param_mb": param_bytes / 2**20}
+    return {"first_call_s": first, "ours_s": ours, "torch_s": theirs, "speedup": theirs / ours}
+
+
+# An identity edit on every layer's pattern: it observes `attn.probs`, so each layer materialises it.
+MATERIALISE = jaxinterp.FunctionEdit(("blocks.*.attn.probs",), lambda probs, ctx, args: probs)
+
+
+def temporary_bytes(model: jaxinterp.Model, ids: np.ndarray, edits: tuple) -> int:
+    """Temporary memory XLA allocates for the compiled forward (beyond parameters, inputs and outputs)."""
+    batch = model.batch(ids)
+    fn = jax.jit(lambda params, batch: models.forward(model.config, params, batch, edits=edits)[0].logits)
+    return fn.lower(model.params, batch).compile().memory_analysis().temp_size_in_bytes
+
+
+def attention_paths(model: jaxinterp.Model, ids: np.ndarray, repeats: int) -> dict:
+    """The fused path (nothing observes the patterns) against the materialised one (`MATERIALISE`)."""
+    fused = median_seconds(lambda: jax.block_until_ready(model(ids)), repeats=repeats)
+    materialised = median_seconds(lambda: jax.block_until_ready(model(ids, edits=MATERIALISE)), repeats=repeats)
+    return {"fused_s": fused, "materialised_s": materialised,
+            "fused_temp_mb": temporary_bytes(model, ids, ()) / 2**20,
+            "materialised_temp_mb": temporary_bytes(model, ids, (MATERIALISE,)) / 2**20}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
@@ -56,12 +75,26 @@ def main() -> None:
     load_times = [float(subprocess.run([sys.executable, "-c", LOAD_SCRIPT], capture_output=True, text=True,
                                        check=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
     print(f"load('smollm2') from the cache, fresh process (incl. import): median {np.median(load_times):.2f} s")
-    print(f"forward of {args.tokens} tokens, batch 1, {jax.devices()[0].platform}:")
-    print(f"{'dtype':10s} {'ours (ms)':>10s} {'torch (ms)':>11s} {'speed-up':>9s} {'compile (s)':>12s} {'params (MB)':>12s}")
+    print(f"forward, batch 1, {jax.devices()[0].platform}:")
+    print(f"{'dtype':10s} {'tokens':>6s} {'ours (ms)':>10s} {'torch (ms)':>11s} {'speed-up':>9s} {'compile (s)':>12s}")
+    ours_ms = {}
     for dtype in ("float32", "bfloat16"):
-        r = bench(dtype, args.tokens, args.repeats)
-        print(f"{dtype:10s} {1e3 * r['ours_s']:10.1f} {1e3 * r['torch_s']:11.1f} {r['speedup']:8.2f}x "
-              f"{r['first_call_s']:12.2f} {r['param_mb']:12.0f}")
+        model = jaxinterp.load("smollm2", dtype=dtype, progress=False)
+        reference = torch_reference(dtype)
+        for tokens in args.tokens:
+            r = bench(model, reference, prompt_tokens(model.tokenizer, tokens), args.repeats)
+            ours_ms[dtype, tokens] = 1e3 * r["ours_s"]
+            print(f"{dtype:10s} {tokens:6d} {1e3 * r['ours_s']:10.1f} {1e3 * r['torch_s']:11.1f} "
+                  f"{r['speedup']:8.2f}x {r['first_call_s']:12.2f}")
+        del reference
+    for tokens in args.tokens:
+        print(f"bfloat16 vs our float32 at {tokens} tokens: {ours_ms['float32', tokens] / ours_ms['bfloat16', tokens]:.2f}x")
+    longest = max(args.tokens)
+    model = jaxinterp.load("smollm2", progress=False)
+    r = attention_paths(model, prompt_tokens(model.tokenizer, longest), args.repeats)
+    print(f"attention at {longest} tokens, float32: fused {1e3 * r['fused_s']:.1f} ms, "
+          f"materialised {1e3 * r['materialised_s']:.1f} ms ({r['materialised_s'] / r['fused_s']:.2f}x); "
+          f"temporary memory fused {r['fused_temp_mb']:.0f} MiB, materialised {r['materialised_temp_mb']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -44,15 +44,15 @@ class Run:
         return self.captured[site]
 
 
-def _run_forward(config, params, batch, edits, deltas, capture, check_finite=False):
+def _run_forward(config, params, batch, edits, deltas, capture, check_finite=False, remat=False):
     output, captured = models.forward(config, params, batch, edits=edits, deltas=deltas, capture=capture,
-                                      check_finite=check_finite)
+                                      check_finite=check_finite, remat=remat)
     return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch, finite=output.finite)
 
 
-def _value_and_grad(config, params, batch, edits, deltas, capture, fn, check_finite=False):
+def _value_and_grad(config, params, batch, edits, deltas, capture, fn, check_finite=False, remat=False):
     def objective(deltas):
-        run = _run_forward(config, params, batch, edits, deltas, capture, check_finite)
+        run = _run_forward(config, params, batch, edits, deltas, capture, check_finite, remat)
         return fn(run), run.finite
 
     (value, finite), grads = jax.value_and_grad(objective, has_aux=True)(deltas)
@@ -87,7 +87,7 @@ class Model:
         self.placement: Callable[[Any], Any] | None = None  # set by `jaxinterp.shard`
         self._forward = jax.jit(functools.partial(_run_forward, config), static_argnames=("capture", "check_finite"))
         self._grad = jax.jit(functools.partial(_value_and_grad, config),
-                             static_argnames=("capture", "fn", "check_finite"))
+                             static_argnames=("capture", "fn", "check_finite", "remat"))
         self._decode = jax.jit(
             functools.partial(decode_loop, config),
             static_argnames=("max_new_tokens", "cache_size", "sampling", "capture", "streaming"),
@@ -280,6 +280,7 @@ class Model:
         edits: Edit | Sequence[Edit] | None = (),
         capture: Sequence[str] = (),
         check_finite: bool = False,
+        remat: bool = False,
     ) -> tuple[Array, dict[str, Array]]:
         """Value and gradient of a scalar `fn(run)` with respect to the activations at `wrt`.
 
@@ -288,7 +289,9 @@ class Model:
         through the rest of the forward; returned as {site name: array shaped like the site}.
         Pass the same `fn` object again to reuse the compiled program. `check_finite` raises
         `NonFiniteError` naming the first site whose forward values, or the first `wrt` site
-        whose gradient, hold a NaN or an infinity.
+        whose gradient, hold a NaN or an infinity. `remat` recomputes each block in the
+        backward pass instead of keeping its activations (same values; for long sequences,
+        peak memory of about one block instead of all of them).
         """
         wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
         names = resolve(wrt, self.sites, argument="wrt")
@@ -297,7 +300,7 @@ class Model:
         shapes = self.site_shapes(batch)
         zeros = {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
         value, grads, finite = self._grad(self.params, batch, edits, zeros, capture=capture, fn=fn,
-                                          check_finite=check_finite)
+                                          check_finite=check_finite, remat=remat)
         if check_finite:
             self._check_finite(finite, batch, "forward")
             self._check_finite({name: jnp.all(jnp.isfinite(g)) for name, g in grads.items()}, batch, "gradient")

@@ -60,10 +60,12 @@ def forward(
     decoding: bool = False,
     record_all: bool = False,
     check_finite: bool = False,
+    remat: bool = False,
 ) -> tuple[Output, dict[str, Array]]:
-    """Runs a model of any family through its sites (see the module docstring)."""
+    """Runs a model of any family through its sites (see the module docstring); `remat`
+    recomputes each block in the backward pass (`decoder.call_block`)."""
     tap = Tap(edits=tuple(edits), deltas=deltas, capture=tuple(capture), record_all=record_all,
-              check_finite=check_finite)
+              check_finite=check_finite, remat=remat)
     output = config.module().apply({"params": params}, batch, tap, cache, decoding)
     return (output.replace(finite=tap.finite) if check_finite else output), tap.captured
 

@@ -2,8 +2,9 @@
 
 Without a cache the queries are their own keys; with one, the new tokens are described
 in the cache at `length` and attend every slot. Families call `frame` once per forward,
-pass `frame.ctx`, `frame.mask(window)` and `frame.write_at` to each block, and `finish`
-to store the blocks' new key/value slots.
+pass `frame.ctx`, `frame.mask(window)` and `frame.write_at` to each block (through
+`call_block`, which rematerialises it when asked), and `finish` to store the blocks' new
+key/value slots.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxinterp.models.batch import Batch, KVCache
-from jaxinterp.models.masks import attention_mask
-from jaxinterp.models.sites import Context
+from jaxinterp.models.masks import Mask, attention_mask
+from jaxinterp.models.sites import Context, Tap
 
 Array = jax.Array
 
@@ -27,10 +31,10 @@ class Frame:
 
     cache: KVCache | None
     ctx: Context
-    masks: dict[int | None, Array]
+    masks: dict[int | None, Mask]
     write_at: Array | None
 
-    def mask(self, window: int | None = None) -> Array:
+    def mask(self, window: int | None = None) -> Mask:
         return self.masks[window]
 
     def layer_cache(self, layer: int) -> tuple[Array, Array] | None:
@@ -49,10 +53,10 @@ def frame(batch: Batch, cache: KVCache | None, *, causal: bool, windows: Iterabl
         keys, write_at = cache, cache.length
         query_slots, key_slots = cache.length + jnp.arange(length), jnp.arange(cache.size)
     masks = {
-        window: attention_mask(
+        window: Mask(attention_mask(
             query_slots=query_slots, key_slots=key_slots, query_positions=batch.positions,
             key_positions=keys.positions, key_mask=keys.mask, causal=causal, window=window,
-        )
+        ), triangular=causal and cache is None)
         for window in set(windows)
     }
     return Frame(cache=cache, ctx=Context.of(batch, keys, decoding=decoding), masks=masks, write_at=write_at)
@@ -65,3 +69,25 @@ def finish(frame: Frame, slots: list[tuple[Array, Array] | None], length: int) -
     return frame.cache.replace(
         keys=tuple(k for k, _ in slots), values=tuple(v for _, v in slots)
     ).advance(length)
+
+
+def call_block(block: nn.Module, x: Array, *, tap: Tap, **inputs: Any) -> tuple[Array, Any]:
+    """`block(x, tap=tap, **inputs)`; with `tap.remat`, under `jax.checkpoint` (`nn.remat`).
+
+    A rematerialised block keeps only its input for the backward pass and recomputes the rest,
+    so a gradient through a long sequence holds one block's activations at a time. Its sites
+    are recorded by a forked tap and handed out as outputs of the checkpointed function (a
+    record written from inside it would leak its traced values).
+    """
+    if not tap.remat:
+        return block(x, tap=tap, **inputs)
+
+    def run(module: nn.Module, x: Array):
+        inner = tap.fork()
+        y, slots = module(x, tap=inner, **inputs)
+        return y, slots, inner.captured, inner.finite
+
+    y, slots, captured, finite = nn.remat(run)(block, x)
+    tap.captured.update(captured)
+    tap.finite.update(finite)
+    return y, slots

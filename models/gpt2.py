@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
 from jaxinterp.models.batch import Batch, KVCache, Output
-from jaxinterp.models.decoder import finish, frame
-from jaxinterp.models.layers import LayerNorm, activation
+from jaxinterp.models.decoder import call_block, finish, frame
+from jaxinterp.models.layers import Dense, DenseGeneral, LayerNorm, activation
 from jaxinterp.models.sites import Context, Tap
 
 Array = jax.Array
@@ -134,14 +134,14 @@ class Block(nn.Module):
         ctx = ctx.replace(layer=self.layer)
         x = tap(f"{prefix}.resid_pre", x, ctx)
         h = LayerNorm(cfg.layer_norm_eps, name="attn_norm")(x)
-        q, k, v = (nn.DenseGeneral((cfg.num_heads, cfg.head_dim), name=f"{n}_proj")(h) for n in "qkv")
+        q, k, v = (DenseGeneral((cfg.num_heads, cfg.head_dim), name=f"{n}_proj")(h) for n in "qkv")
         heads, cache = attend(q, k, v, allowed=allowed, tap=tap, prefix=prefix, ctx=ctx,
                               scale=cfg.head_dim ** -0.5, cache=cache, write_at=write_at)
-        attn_out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj")(heads)
+        attn_out = DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj")(heads)
         x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
         h = LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(x)
-        act = tap(f"{prefix}.mlp.act", activation(cfg.activation)(nn.Dense(cfg.intermediate_size, name="fc")(h)), ctx)
-        mlp_out = nn.Dense(cfg.hidden_size, name="proj")(act)
+        act = tap(f"{prefix}.mlp.act", activation(cfg.activation)(Dense(cfg.intermediate_size, name="fc")(h)), ctx)
+        mlp_out = Dense(cfg.hidden_size, name="proj")(act)
         x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
         return x, cache
 
@@ -161,8 +161,9 @@ class GPT2(nn.Module):
         x = tap("embed", x + positions[batch.positions], shared.ctx)
         slots = []
         for i in range(cfg.num_layers):
-            x, layer_slots = Block(cfg, i, name=f"blocks_{i}")(
-                x, tap=tap, ctx=shared.ctx, allowed=shared.mask(), cache=shared.layer_cache(i), write_at=shared.write_at,
+            x, layer_slots = call_block(
+                Block(cfg, i, name=f"blocks_{i}"), x, tap=tap, ctx=shared.ctx, allowed=shared.mask(),
+                cache=shared.layer_cache(i), write_at=shared.write_at,
             )
             slots.append(layer_slots)
         x = tap("final_norm", LayerNorm(cfg.layer_norm_eps, name="final_norm")(x), shared.ctx)

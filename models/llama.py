@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
 from jaxinterp.models.batch import Batch, KVCache, Output
-from jaxinterp.models.decoder import finish, frame
-from jaxinterp.models.layers import RMSNorm
+from jaxinterp.models.decoder import call_block, finish, frame
+from jaxinterp.models.layers import Dense, DenseGeneral, RMSNorm
 from jaxinterp.models.rope import RopeConfig, apply_rotary, inverse_frequencies, rotary_tables
 from jaxinterp.models.sites import Context, Tap
 
@@ -264,21 +264,21 @@ class Block(nn.Module):
         ctx = ctx.replace(layer=self.layer)
         x = tap(f"{prefix}.resid_pre", x, ctx)
         h = RMSNorm(cfg.rms_norm_eps, name="attn_norm")(x)
-        q = nn.DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="q_proj")(h)
-        k = nn.DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="k_proj")(h)
-        v = nn.DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="v_proj")(h)
+        q = DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="q_proj")(h)
+        k = DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="k_proj")(h)
+        v = DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="v_proj")(h)
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         heads, cache = attend(
             q, k, v, allowed=allowed, tap=tap, prefix=prefix, ctx=ctx,
             scale=cfg.head_dim ** -0.5, cache=cache, write_at=write_at,
         )
-        attn_out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, name="o_proj")(heads)
+        attn_out = DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, name="o_proj")(heads)
         x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
         h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
-        gate = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="gate_proj")(h)
-        up = nn.Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="up_proj")(h)
+        gate = Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="gate_proj")(h)
+        up = Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="up_proj")(h)
         act = tap(f"{prefix}.mlp.act", nn.silu(gate) * up, ctx)
-        mlp_out = nn.Dense(cfg.hidden_size, use_bias=cfg.mlp_bias, name="down_proj")(act)
+        mlp_out = Dense(cfg.hidden_size, use_bias=cfg.mlp_bias, name="down_proj")(act)
         x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
         return x, cache
 
@@ -300,9 +300,9 @@ class Llama(nn.Module):
         x = tap("embed", x, shared.ctx)
         slots = []
         for i in range(cfg.num_layers):
-            x, layer_slots = Block(cfg, i, name=f"blocks_{i}")(
-                x, tap=tap, ctx=shared.ctx, rotary=rotary, allowed=shared.mask(windows[i]),
-                cache=shared.layer_cache(i), write_at=shared.write_at,
+            x, layer_slots = call_block(
+                Block(cfg, i, name=f"blocks_{i}"), x, tap=tap, ctx=shared.ctx, rotary=rotary,
+                allowed=shared.mask(windows[i]), cache=shared.layer_cache(i), write_at=shared.write_at,
             )
             slots.append(layer_slots)
         x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), shared.ctx)

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxinterp.errors import ArgumentError, ConfigError
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
-from jaxinterp.models.layers import activation
+from jaxinterp.models.layers import Dense, activation
 from jaxinterp.models.sites import Context, Tap, segment_id
 from jaxinterp.models.vit import VisionConfig, VisionTower
 
@@ -169,8 +169,8 @@ class Projector(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = nn.Dense(self.width, use_bias=self.bias, name="linear_1")(x)
-        return nn.Dense(self.width, use_bias=self.bias, name="linear_2")(activation(self.activation)(x))
+        x = Dense(self.width, use_bias=self.bias, name="linear_1")(x)
+        return Dense(self.width, use_bias=self.bias, name="linear_2")(activation(self.activation)(x))
 
 
 def splice(tokens: Array, image_token_id: int, features: Array) -> tuple[Array, Array]:

@@ -10,6 +10,8 @@ the scores through the `attn.scores` site.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -48,6 +50,18 @@ def attention_mask(
         inside = (distance < window) if causal else (jnp.abs(distance) <= window)
         allowed = allowed & inside
     return allowed
+
+
+class Mask(NamedTuple):
+    """A layer's boolean mask `allowed` [B, 1, T, S] with what its structure lets attention skip.
+
+    `triangular` says the queries are their own keys in slot order and attention is causal
+    (a forward without a cache): queries in slots [a, b) see no key at or after slot b, so
+    the fused path never computes those scores.
+    """
+
+    allowed: Array
+    triangular: bool = False
 
 
 def apply_mask(scores: Array, allowed: Array) -> Array:

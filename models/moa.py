@@ -44,8 +44,8 @@ import optax
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
 from jaxinterp.models.batch import Batch, KVCache, Output
-from jaxinterp.models.decoder import finish, frame
-from jaxinterp.models.layers import RMSNorm
+from jaxinterp.models.decoder import call_block, finish, frame
+from jaxinterp.models.layers import Dense, DenseGeneral, RMSNorm
 from jaxinterp.models.rope import RopeConfig, apply_rotary, inverse_frequencies, rotary_tables
 from jaxinterp.models.sites import Context, Tap
 
@@ -150,8 +150,8 @@ class MoABlock(nn.Module):
         w_q = self.param("q_experts", _xavier_experts, experts_shape)
         w_o = self.param("o_experts", _xavier_experts, (cfg.num_experts, cfg.head_dim, cfg.hidden_size))
         kv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")  # xavier, gain 1/sqrt(2)
-        k = nn.DenseGeneral((1, cfg.head_dim), use_bias=False, kernel_init=kv_init, name="k_proj")(h)
-        v = nn.DenseGeneral((1, cfg.head_dim), use_bias=False, kernel_init=kv_init, name="v_proj")(h)
+        k = DenseGeneral((1, cfg.head_dim), use_bias=False, kernel_init=kv_init, name="k_proj")(h)
+        v = DenseGeneral((1, cfg.head_dim), use_bias=False, kernel_init=kv_init, name="v_proj")(h)
         # Dense dispatch: every expert's query, then the k chosen ones (cheap for small E).
         q_all = jnp.einsum("btd,edh->bteh", h, w_q.astype(h.dtype))
         q = jnp.take_along_axis(q_all, experts[..., None], axis=2)
@@ -165,10 +165,10 @@ class MoABlock(nn.Module):
         attn_out = jnp.einsum("btkh,btke,ehd->btd", heads * slot_gates[..., None], dispatch, w_o.astype(heads.dtype))
         x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
         h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
-        gate = nn.Dense(cfg.intermediate_size, use_bias=False, name="gate_proj")(h)
-        up = nn.Dense(cfg.intermediate_size, use_bias=False, name="up_proj")(h)
+        gate = Dense(cfg.intermediate_size, use_bias=False, name="gate_proj")(h)
+        up = Dense(cfg.intermediate_size, use_bias=False, name="up_proj")(h)
         act = tap(f"{prefix}.mlp.act", nn.silu(gate) * up, ctx)
-        mlp_out = nn.Dense(cfg.hidden_size, use_bias=False, name="down_proj")(act)
+        mlp_out = Dense(cfg.hidden_size, use_bias=False, name="down_proj")(act)
         x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
         return x, cache
 
@@ -188,9 +188,9 @@ class MoA(nn.Module):
         x = tap("embed", x, shared.ctx)
         slots = []
         for i in range(cfg.num_layers):
-            x, layer_slots = MoABlock(cfg, i, name=f"blocks_{i}")(
-                x, tap=tap, ctx=shared.ctx, rotary=rotary, allowed=shared.mask(),
-                cache=shared.layer_cache(i), write_at=shared.write_at,
+            x, layer_slots = call_block(
+                MoABlock(cfg, i, name=f"blocks_{i}"), x, tap=tap, ctx=shared.ctx, rotary=rotary,
+                allowed=shared.mask(), cache=shared.layer_cache(i), write_at=shared.write_at,
             )
             slots.append(layer_slots)
         x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), shared.ctx)

@@ -143,6 +143,8 @@ class Tap:
     `capture` holds glob patterns; `captured` fills up as the forward runs. With `check_finite`,
     `finite[name]` records whether every value at each site is finite. When `record_all`
     is set every site is recorded: used once per model to list sites and their shapes.
+    With `remat`, families recompute each block in the backward pass instead of keeping its
+    activations (`models.decoder.call_block`).
     """
 
     edits: Sequence[EditLike] = ()
@@ -150,8 +152,26 @@ class Tap:
     capture: Sequence[str] = ()
     record_all: bool = False
     check_finite: bool = False
+    remat: bool = False
     captured: dict[str, Array] = dataclasses.field(default_factory=dict)
     finite: dict[str, Array] = dataclasses.field(default_factory=dict)
+
+    def fork(self) -> Tap:
+        """A tap with the same edits, deltas and requests but its own records (for a traced sub-function)."""
+        return dataclasses.replace(self, captured={}, finite={})
+
+    def observes(self, name: str) -> bool:
+        """Whether anything reads or changes site `name`: an edit, a delta, a capture, a finiteness check.
+
+        A site nobody observes may be computed another way (attention skips materialising
+        `attn.scores` / `attn.probs` when this is False for both).
+        """
+        return (
+            self.record_all or self.check_finite
+            or (self.deltas is not None and name in self.deltas)
+            or any(matches(pattern, name) for edit in self.edits for pattern in edit.sites)
+            or any(matches(pattern, name) for pattern in self.capture)
+        )
 
     def __call__(self, name: str, x: Array, ctx: Context) -> Array:
         for edit in self.edits:

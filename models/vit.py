@@ -33,9 +33,9 @@ import jax.numpy as jnp
 
 from jaxinterp.errors import ArgumentError, ConfigError
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
-from jaxinterp.models.decoder import frame
+from jaxinterp.models.decoder import call_block, frame
 from jaxinterp.models.gpt2 import Block
-from jaxinterp.models.layers import ACTIVATIONS, LayerNorm, activation
+from jaxinterp.models.layers import ACTIVATIONS, DenseGeneral, LayerNorm, activation
 from jaxinterp.models.sites import Context, Tap, segment_id
 
 Array = jax.Array
@@ -232,7 +232,7 @@ class VisionTower(nn.Module):
             raise ArgumentError(f"layers: expected 0..{cfg.num_layers}, found {layers}")
         positions = self.param("position_embed", nn.initializers.normal(0.02), (cfg.tokens_per_image, cfg.hidden_size))
         patches = _patches(cfg, pixels).astype(positions.dtype)
-        x = nn.DenseGeneral(cfg.hidden_size, axis=(-3, -2, -1), use_bias=cfg.patch_bias, name="patch_embed")(patches)
+        x = DenseGeneral(cfg.hidden_size, axis=(-3, -2, -1), use_bias=cfg.patch_bias, name="patch_embed")(patches)
         if cfg.class_token:
             token = self.param("class_embed", nn.initializers.normal(0.02), (cfg.hidden_size,))
             x = jnp.concatenate([jnp.broadcast_to(token, (x.shape[0], 1, cfg.hidden_size)), x], axis=1)
@@ -242,8 +242,9 @@ class VisionTower(nn.Module):
         shared = frame(pixel_batch(cfg, pixels), None, causal=False)
         hidden = [tap("vision.embed", x, shared.ctx)]
         for i in range(layers):
-            x, _ = Block(cfg, i, sites="vision.blocks", name=f"blocks_{i}")(
-                hidden[-1], tap=tap, ctx=shared.ctx, allowed=shared.mask(), cache=None, write_at=None,
+            x, _ = call_block(
+                Block(cfg, i, sites="vision.blocks", name=f"blocks_{i}"), hidden[-1], tap=tap, ctx=shared.ctx,
+                allowed=shared.mask(), cache=None, write_at=None,
             )
             hidden.append(x)
         chex.assert_shape(hidden, (pixels.shape[0], cfg.tokens_per_image, cfg.hidden_size))

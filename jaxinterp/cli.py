@@ -9,6 +9,7 @@
     jaxinterp attribute --prompt Q [--image F] --html R   attribution maps and an HTML report
     jaxinterp experiment NAME [ARGS...]               run a script of experiments/
     jaxinterp data bigbench TASK                      benchmark data via the package registry
+    jaxinterp plan MODEL --mesh 4x2 --strategy fsdp   memory per device, from shapes alone
 
 Every subcommand takes `--model`, `--dtype`, `--seed` and `--out`. Errors print one line
 with the fix; `--debug` shows the traceback.
@@ -32,6 +33,7 @@ EXAMPLES = {
                  "--html report.html",
     "experiment": "jaxinterp experiment small_vlm --help",
     "data": "jaxinterp data bigbench arithmetic --out arithmetic.jsonl",
+    "plan": "jaxinterp plan llava-1.5-7b --mesh 4x2 --strategy fsdp --dtype bfloat16",
 }
 
 
@@ -93,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("source", choices=["bigbench", "reasoning-gym"])
     data.add_argument("task")
     data.add_argument("--size", type=int, default=100, help="items to generate (reasoning-gym)")
+
+    plan = command("plan", "bytes per device of parameters, a prefill and the KV cache on a mesh, "
+                           "from shapes alone (no weights are read)")
+    plan.add_argument("source", help="a named size (llama-2-7b, llava-1.5-7b, llada-8b, qwen2-7b), "
+                                     "a checkpoint folder or a .gguf file")
+    plan.add_argument("--mesh", default="8", help="mesh axis sizes, e.g. 8 or 4x2 (data x model)")
+    plan.add_argument("--strategy", default="fsdp", choices=["data", "fsdp", "tensor"])
+    plan.add_argument("--batch", type=int, default=1)
+    plan.add_argument("--prefill", type=int, default=2048, help="prefill length in tokens")
+    plan.add_argument("--cache", type=int, default=4096, help="KV cache slots per row")
     return parser
 
 
@@ -221,6 +233,18 @@ def _data(args) -> None:
     print(f"wrote {out}")
 
 
+def _plan(args) -> None:
+    import dataclasses
+
+    from jaxinterp.plan import parse_mesh, plan
+
+    result = plan(args.source, mesh=parse_mesh(args.mesh), strategy=args.strategy, dtype=args.dtype,
+                  batch=args.batch, prefill=args.prefill, cache=args.cache)
+    print(result.table())
+    if args.out:
+        _write_json(args.out, dataclasses.asdict(result))
+
+
 def _with_parent(path: str) -> str:
     """`path`, its folder created if missing (an output may name a folder that does not exist yet)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -244,7 +268,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {jaxinterp.convert(args.src, args.dst, dtype=args.dtype)}")
     else:
         {"generate": _generate, "capture": _capture, "sites": _sites, "attention": _attention,
-         "attribute": _attribute, "experiment": _experiment, "data": _data}[args.command](args)
+         "attribute": _attribute, "experiment": _experiment, "data": _data, "plan": _plan}[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

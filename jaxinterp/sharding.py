@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -53,37 +54,41 @@ def _tensor_spec(path: str, shape: tuple[int, ...], rules: dict[str, int], axis:
     return PartitionSpec()
 
 
-def _check_tensor_axis(model: Model, size: int, axis: str) -> None:
-    cfg = model.config
-    for name, count in (("num_heads", cfg.num_heads), ("num_kv_heads", cfg.num_kv_heads),
-                        ("intermediate_size", cfg.intermediate_size)):
+def _check_tensor_axis(config, size: int, axis: str) -> None:
+    for name, count in (("num_heads", config.num_heads), ("num_kv_heads", config.num_kv_heads),
+                        ("intermediate_size", config.intermediate_size)):
         if count % size:
             raise ArgumentError(
                 f"mesh: axis {axis!r} of size {size} must divide {name}={count} for tensor parallelism"
             )
 
 
-def shard(model: Model, mesh: Mesh, strategy: str = "data", *, axis: str | None = None) -> Model:
-    """A copy of `model` whose parameters and batches are sharded over `mesh` (see the module docstring)."""
+def parameter_specs(config, params, mesh_shape: Mapping[str, int], strategy: str = "data", *,
+                    axis: str | None = None) -> tuple[dict[str, PartitionSpec], tuple[str, ...]]:
+    """({flat parameter path: PartitionSpec}, the mesh axes that split the batch) of a strategy.
+
+    Needs only the parameters' shapes (arrays or `jax.ShapeDtypeStruct`s) and the mesh's axis
+    sizes, so `plan` can size a model without devices or weights.
+    """
     if strategy not in STRATEGIES:
         raise ArgumentError(f"strategy: expected one of {STRATEGIES}, found {strategy!r}")
-    names = tuple(mesh.axis_names)
+    names = tuple(mesh_shape)
+    flat = flatten(params)
     if strategy == "tensor":
         axis = axis or names[-1]
         if axis not in names:
             raise ArgumentError(f"axis: expected one of the mesh axes {names}, found {axis!r}")
-        size = mesh.shape[axis]
-        _check_tensor_axis(model, size, axis)
-        rules = model.config.tensor_parallel_rules()
-        specs = {p: _tensor_spec(p, x.shape, rules, axis) for p, x in flatten(model.params).items()}
-        batch_axes = tuple(n for n in names if n != axis)
-    else:
-        replicate = strategy == "data"
-        specs = {
-            p: PartitionSpec() if replicate else _fsdp_spec(x.shape, names, math.prod(mesh.shape.values()))
-            for p, x in flatten(model.params).items()
-        }
-        batch_axes = names
+        _check_tensor_axis(config, mesh_shape[axis], axis)
+        rules = config.tensor_parallel_rules()
+        return {p: _tensor_spec(p, x.shape, rules, axis) for p, x in flat.items()}, tuple(n for n in names if n != axis)
+    size = math.prod(mesh_shape.values())
+    return {p: PartitionSpec() if strategy == "data" else _fsdp_spec(x.shape, names, size)
+            for p, x in flat.items()}, names
+
+
+def shard(model: Model, mesh: Mesh, strategy: str = "data", *, axis: str | None = None) -> Model:
+    """A copy of `model` whose parameters and batches are sharded over `mesh` (see the module docstring)."""
+    specs, batch_axes = parameter_specs(model.config, model.params, dict(mesh.shape), strategy, axis=axis)
     params = unflatten({
         p: jax.device_put(x, NamedSharding(mesh, specs[p])) for p, x in flatten(model.params).items()
     })

@@ -127,7 +127,10 @@ def _cudnn_attention(q: Array, k: Array, v: Array, mask: Mask, scale: float) -> 
     float32 model, a single decode query, or shapes cuDNN refuses)."""
     if jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[1] == 1:
         return None
+    batch, length, heads, _ = q.shape
+    # every head spelled out: cuDNN's batching rule (under `vmap`, e.g. in `sweep`) mis-shapes a mask broadcast over heads
+    allowed = jnp.broadcast_to(mask.allowed, (batch, heads, length, k.shape[1]))
     try:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask.allowed, scale=scale, implementation="cudnn")
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=scale, implementation="cudnn")
     except (NotImplementedError, ValueError, RuntimeError):
         return None

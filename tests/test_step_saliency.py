@@ -94,3 +94,22 @@ def test_bad_arguments_name_what_was_expected(tiny):
         ss.step_maps(tiny, tokens, np.arange(4), rule="grad")
     with pytest.raises(ji.ArgumentError, match="target"):
         ss.step_maps(tiny, tokens, np.arange(4), objective="logit")
+
+
+@pytest.mark.parametrize("objective", ["loss", "logit"])
+def test_a_rows_map_does_not_depend_on_the_rows_sharing_its_batch(tiny, objective):
+    """Rows of lengths 11 and 7 (right-padded) batched give each row's maps and L computed alone."""
+    rng = np.random.default_rng(2)
+    rows = [rng.integers(0, 50, 11).tolist(), rng.integers(0, 50, 7).tolist()]
+    steps = [np.array([0] * 3 + [1] * 4 + [2] * 4), np.array([0, 0, 1, 1, 2, 2, 2])]
+    targets = [[9, 4], [5, 7]]
+    kwargs = lambda i: {"target": [targets[i]]} if objective == "logit" else {}  # noqa: E731
+    padded_steps = np.stack([np.pad(s, (0, 11 - len(s)), constant_values=-1) for s in steps])
+    batch_kwargs = {"target": targets} if objective == "logit" else {}
+    loss, maps = ss.step_maps(tiny, tiny.pack(rows), padded_steps, objective=objective, layers_per_pass=2, **batch_kwargs)
+    assert loss.shape == (2,)
+    for i, row in enumerate(rows):
+        alone_loss, alone = ss.step_maps(tiny, np.array([row], np.int32), steps[i], objective=objective,
+                                         layers_per_pass=2, **kwargs(i))
+        np.testing.assert_allclose(maps[:, i], alone[:, 0], rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(loss[i], alone_loss[0], rtol=1e-6)

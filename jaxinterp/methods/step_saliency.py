@@ -3,7 +3,7 @@
 Xu et al., "Reasoning Fails Where Step Flow Breaks" (ACL 2026, arXiv:2604.06695), spec B-C.
 Token saliency of layer l is S^(l)_{h,t,k} = |A^(l)_{h,t,k} * dL/dA^(l)_{h,t,k}| (rule `ag`;
 `ag_signed` drops the abs, `g` is |dL/dA|), with A the post-softmax attention (the
-`attn.probs` site) and L the mean next-token cross-entropy or one chosen logit. Heads are
+`attn.probs` site) and L the row's own mean next-token cross-entropy or one chosen logit. Heads are
 averaged, I^(l)_{t<-k} = mean_h S^(l)_{h,t,k}, and pooled into steps,
 M^(l)[i, j] = mean_{t in step i, k in step j} I^(l)_{t<-k} (spec C.2: the full block,
 upper-triangle zeros included).
@@ -100,14 +100,24 @@ class SaliencyProbe(Edit):
         return _observe(x, self.probes[self.layers.index(ctx.layer)], self.groups, self.rule)
 
 
-def objective_value(logits: Array, batch: Batch, objective: str, target: Array | None) -> Array:
-    """The scalar L (spec B.2): mean next-token cross-entropy over real tokens (`loss`), or
-    the sum over rows of logit[target_pos, target_token] (`logit`; target [B, 2] int)."""
+def row_objectives(logits: Array, batch: Batch, objective: str, target: Array | None) -> Array:
+    """Each row's L (spec B.2), [B]: its own mean next-token cross-entropy over real tokens (`loss`),
+    or its logit[target_pos, target_token] (`logit`; target [B, 2] int).
+
+    Per row, not over the batch: a batch mean would scale row b's map by its share of the
+    batch's real tokens, so a map would depend on which rows share its batch.
+    """
+    rows = jnp.arange(logits.shape[0])
     if objective == "loss":
         ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch.tokens[:, 1:])
         real = (batch.mask[:, :-1] & batch.mask[:, 1:]).astype(ce.dtype)
-        return jnp.sum(ce * real) / jnp.maximum(real.sum(), 1.0)
-    return jnp.sum(logits[jnp.arange(logits.shape[0]), target[:, 0], target[:, 1]])
+        return jnp.sum(ce * real, axis=1) / jnp.maximum(real.sum(axis=1), 1.0)
+    return logits[rows, target[:, 0], target[:, 1]]
+
+
+def objective_value(logits: Array, batch: Batch, objective: str, target: Array | None) -> Array:
+    """The scalar differentiated: the sum of `row_objectives`, so each row's gradient is that of its own L."""
+    return jnp.sum(row_objectives(logits, batch, objective, target))
 
 
 def _replace(x: Array, ctx: Context, value: Array) -> Array:
@@ -116,8 +126,8 @@ def _replace(x: Array, ctx: Context, value: Array) -> Array:
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("span", "probed", "rule", "objective"))
 def _segment(config, params, batch, groups, target, edits, start_value, upstream, *, span, probed, rule, objective):
-    """Step maps of the `probed` layers of the block range span = (first, stop), and the cotangent at
-    `blocks.{first}.resid_pre` for the segment before.
+    """Per-row objectives (last range only, else zeros), step maps of the `probed` layers of the block
+    range span = (first, stop), and the cotangent at `blocks.{first}.resid_pre` for the segment before.
 
     The range's input is pinned to `start_value` (captured in a plain forward), and its scalar is
     the objective itself for the last range, else <upstream, resid_pre of block `stop`>, so the
@@ -132,13 +142,15 @@ def _segment(config, params, batch, groups, target, edits, start_value, upstream
         output, captured = models.forward(config, params, batch, edits=(*edits, *pinned, probe), deltas={entry: delta},
                                           capture=exit_site)
         if not exit_site:
-            return objective_value(output.logits, batch, objective, target)
-        return jnp.sum(captured[exit_site[0]].astype(jnp.float32) * upstream)
+            rows = row_objectives(output.logits, batch, objective, target)
+            return jnp.sum(rows), rows
+        return jnp.sum(captured[exit_site[0]].astype(jnp.float32) * upstream), jnp.zeros(groups.shape[0], jnp.float32)
 
     n = groups.shape[-1]
     zeros = tuple(jnp.zeros((groups.shape[0], n, n), jnp.float32) for _ in probed)
-    loss, (maps, cotangent) = jax.value_and_grad(value, argnums=(0, 1))(zeros, jnp.zeros_like(start_value))
-    return loss, maps, cotangent
+    (_, rows), (maps, cotangent) = jax.value_and_grad(value, argnums=(0, 1), has_aux=True)(
+        zeros, jnp.zeros_like(start_value))
+    return rows, maps, cotangent
 
 
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=("sites",))
@@ -169,7 +181,9 @@ def step_maps(
       num_steps: number of steps n (default: max step + 1).
       layers: blocks to analyse (default: all).
       rule: `ag` (paper), `ag_signed` or `g`.
-      objective: `loss` (mean next-token CE, the pipeline's choice) or `logit` (needs `target`).
+      objective: `loss` (each row's mean next-token CE, the pipeline's choice) or `logit` (needs
+        `target`). Each row's map is the gradient of its own L, so it does not depend on the
+        other rows of the batch.
       target: [B, 2] int (position, token id) of the logit objective.
       edits: further edits active during the forward (e.g. an intervention under study).
       layers_per_pass: blocks per backward range (see the module docstring); the peak memory
@@ -177,7 +191,7 @@ def step_maps(
         SmolLM2 trace well under 8 GB; a value >= the depth is one plain backward pass.
 
     Returns:
-      (L, maps [layers, B, n, n] float32).
+      (L [B] per row, maps [layers, B, n, n] float32).
     """
     batch = model.batch(inputs)
     steps = jnp.atleast_2d(jnp.asarray(steps, jnp.int32))
@@ -294,6 +308,6 @@ def deep_layers(num_layers: int) -> tuple[int, ...]:
 
 __all__ = [
     "OBJECTIVES", "RULES", "SaliencyProbe", "block_intensity", "deep_decay", "deep_layers",
-    "final_heat_anomaly", "layer_profile", "objective_value", "pool", "shallow_layers", "shallow_lock_in",
+    "final_heat_anomaly", "layer_profile", "objective_value", "pool", "row_objectives", "shallow_layers", "shallow_lock_in",
     "step_maps", "token_saliency",
 ]

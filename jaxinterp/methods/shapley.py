@@ -9,7 +9,8 @@ estimator first draws every coalition it needs, then asks `value` once; wrap `va
 - `exact`: enumeration of all 2^n coalitions (n <= 12), Eq. 1 of SalaMAnder.
 - `salama`: SalaMAnder's stratified estimator (Algorithm 1 / Eq. 3): for each player and
   order r, min(m, C(n-1, r-1)) distinct (r-1)-subsets drawn without replacement.
-- `permutation`: Monte Carlo over random orderings (Castro et al. 2009).
+- `permutation`: Monte Carlo over random orderings (Castro et al. 2009); `permutation_sampling`
+  takes the orderings and also returns the standard error.
 - `kernel_shap`: Shapley-kernel weighted regression with the efficiency constraint
   (Lundberg & Lee 2017), coalition sizes sampled from the kernel.
 """
@@ -123,19 +124,40 @@ def salama(value: ValueFn, n: int, *, m: int = 25, seed: int = 0) -> np.ndarray:
 
 def permutation(value: ValueFn, n: int, *, permutations: int = 100, seed: int = 0) -> np.ndarray:
     """Mean marginal contribution of each player along `permutations` random orderings."""
-    _check_n(n)
     rng = np.random.default_rng(seed)
-    orders = np.stack([rng.permutation(n) for _ in range(permutations)])
-    prefixes = np.zeros((permutations, n + 1, n), bool)
+    return permutation_sampling(value, n, np.stack([rng.permutation(n) for _ in range(permutations)]))[0]
+
+
+def permutation_sampling(value: ValueFn, n: int, orders: np.ndarray, *, antithetic: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(phi, its standard error) from the given orderings [P, n] of the players.
+
+    Each ordering scores its n + 1 prefixes; a player's value is the mean of its marginal
+    gains, and the standard error is their standard deviation over sqrt(P) (with
+    `antithetic`, each ordering is paired with its reverse and a pair counts as one sample).
+    """
+    _check_n(n)
+    orders = np.asarray(orders, np.int64)
+    if orders.ndim != 2 or orders.shape[1] != n or not all(sorted(row) == list(range(n)) for row in orders.tolist()):
+        raise ArgumentError(f"orders: expected [P, {n}] permutations of 0..{n - 1}, found shape {orders.shape}")
+    if antithetic:
+        orders = np.concatenate([orders, orders[:, ::-1]])
+    count = len(orders)
+    prefixes = np.zeros((count, n + 1, n), bool)
     for k in range(n):
-        prefixes[np.arange(permutations), k + 1:, orders[:, k]] = True
+        prefixes[np.arange(count), k + 1:, orders[:, k]] = True
     values = np.asarray(value(prefixes.reshape(-1, n)), np.float64)
-    values = values.reshape(permutations, n + 1, *values.shape[1:])
+    values = values.reshape(count, n + 1, *values.shape[1:])
     gains = values[:, 1:] - values[:, :-1]  # gain of the k-th player of each ordering
-    phi = np.zeros((n, *values.shape[2:]))
+    per_order = np.zeros((count, n, *values.shape[2:]))
     for k in range(n):
-        np.add.at(phi, orders[:, k], gains[:, k])
-    return phi / permutations
+        per_order[np.arange(count), orders[:, k]] = gains[:, k]
+    if antithetic:
+        half = count // 2
+        per_order = (per_order[:half] + per_order[half:]) / 2
+    samples = len(per_order)
+    stderr = per_order.std(axis=0, ddof=1) / np.sqrt(samples) if samples > 1 else np.full(per_order.shape[1:], np.nan)
+    return per_order.mean(axis=0), stderr
 
 
 def kernel_shap(value: ValueFn, n: int, *, samples: int = 200, seed: int = 0) -> np.ndarray:

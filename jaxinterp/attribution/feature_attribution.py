@@ -1,0 +1,279 @@
+"""Perturbation attribution of prompt features to an answer: occlusion, Shapley, KernelSHAP, LIME.
+
+    result = feature_attribution(model, "Paris is the capital of", " France", features="words",
+                                 method="shapley", samples=32)
+    result.values        # [n features]: contribution to log p(answer | prompt)
+    result.stderr        # standard error of sampled methods (NaN where exact)
+
+The prompt is cut into features (tokens, words, or user-given substrings; with `chat=True`
+only the user's text inside the chat template). A coalition keeps some features and removes
+the others, either by a `baseline` token in their place or by `delete`: the removed tokens
+are masked out of attention and the remaining positions renumbered, which equals running
+the shorter token sequence (no re-tokenisation of the joined text). The value of a coalition
+is the target: the teacher-forced log-probability of an answer string (every answer token),
+of the model's own greedy answer (`target=None`), or a user function of the logits at the
+last prompt position.
+
+Every coalition has the same token shape, so all of them are scored by one compiled program:
+`sweep` vmaps the perturbed forward over coalition masks in chunks fitted to `memory_budget`,
+and each distinct coalition is scored once (`shapley.Memo`). Estimators are those of
+`methods/shapley.py`; occlusion (`ablation`) gives v(all) - v(all without i), as Captum's
+`FeatureAblation`; `shapley` samples permutations (pass `orders` to fix them, e.g. the ones
+Captum's `ShapleyValueSampling` draws). Not yet implemented: reuse of a KV cache over the
+prefix that coalitions share (every coalition recomputes the whole prompt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.errors import ArgumentError
+from jaxinterp.methods import shapley
+from jaxinterp.models import Batch, make_batch
+from jaxinterp.sweep import DEFAULT_BUDGET, sweep
+
+Array = jax.Array
+METHODS = ("ablation", "shapley", "exact", "kernel_shap", "lime", "salama")
+REMOVALS = ("baseline", "delete")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureAttribution:
+    """Per-feature values of a perturbation method (see the module docstring).
+
+    Attributes:
+      features: the text of each feature; tokens: [n] tuple of the prompt token indices of each.
+      values: [n] contribution of each feature to the target; stderr: [n] standard error
+        (NaN for deterministic methods).
+      full, empty: the target with every feature kept / removed (NaN for `delete` ablation,
+        which never scores the empty coalition).
+      method, removal: how the values were computed; evaluations: distinct coalitions scored.
+      prompt_tokens: the token ids of the (rendered) prompt; answer_tokens: the answer's ids.
+    """
+
+    features: tuple[str, ...]
+    tokens: tuple[tuple[int, ...], ...]
+    values: np.ndarray
+    stderr: np.ndarray
+    full: float
+    empty: float
+    method: str
+    removal: str
+    evaluations: int
+    prompt_tokens: tuple[int, ...]
+    answer_tokens: tuple[int, ...]
+
+    def token_values(self) -> np.ndarray:
+        """[prompt length] each feature's value spread evenly over its tokens (0 outside features)."""
+        out = np.zeros(len(self.prompt_tokens))
+        for value, tokens in zip(self.values, self.tokens):
+            out[list(tokens)] = value / len(tokens)
+        return out
+
+
+def feature_attribution(
+    model: Any,
+    prompt: str,
+    target: str | Callable[[Array], Array] | None,
+    *,
+    features: str | Sequence[str] = "words",
+    method: str = "shapley",
+    removal: str = "baseline",
+    baseline: int | None = None,
+    chat: bool = False,
+    samples: int = 32,
+    orders: np.ndarray | None = None,
+    antithetic: bool = False,
+    seed: int = 0,
+    max_new_tokens: int = 16,
+    memory_budget: int | str = DEFAULT_BUDGET,
+    progress: bool = True,
+) -> FeatureAttribution:
+    """Attributes `target` to features of `prompt` by perturbation (see the module docstring).
+
+    Args:
+      model: a `jaxinterp.Model` with a fast tokenizer (character offsets locate features).
+      prompt: the user's text.
+      target: the answer string scored teacher-forced, None for the model's greedy answer
+        (`max_new_tokens` at most), or `fn(logits [B, V]) -> [B]` of the last prompt position.
+      features: `tokens`, `words` (whitespace-separated), or a list of substrings of `prompt`,
+        found left to right.
+      method: one of `METHODS`.
+      removal: `baseline` (token `baseline`, default the pad token) or `delete`.
+      chat: render the prompt as a user turn of the chat template; only the user's text is perturbed.
+      samples: permutations (`shapley`), coalitions (`kernel_shap`, `lime`) or per-order subsets (`salama`).
+      orders: explicit [P, n] permutations for `shapley` (overrides `samples` and `seed`).
+      antithetic: pair each `shapley` permutation with its reverse.
+      seed: seed of the sampled methods.
+      memory_budget: bytes (or "2GB") for one chunk of coalitions (see `sweep`).
+    """
+    if method not in METHODS:
+        raise ArgumentError(f"method: expected one of {METHODS}, found {method!r}")
+    if removal not in REMOVALS:
+        raise ArgumentError(f"removal: expected one of {REMOVALS}, found {removal!r}")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ArgumentError("prompt: expected a non-empty string")
+    if not isinstance(samples, int) or samples < 2:
+        raise ArgumentError(f"samples: expected an integer >= 2, found {samples!r}")
+    ids, names, members = _features(model, prompt, features, chat)
+    answer, score = _target(model, ids, target, max_new_tokens)
+    feature_of = np.full(len(ids) + len(answer), -1, np.int32)
+    for i, tokens in enumerate(members):
+        feature_of[list(tokens)] = i
+    base = make_batch(np.array([list(ids) + list(answer)], np.int32))
+    fill = model.pad_token_id if baseline is None else baseline
+    if not 0 <= fill < model.config.vocab_size:
+        raise ArgumentError(f"baseline: expected a token id in [0, {model.config.vocab_size}), found {fill}")
+    if removal == "delete" and method != "ablation" and np.all(feature_of[:len(ids)] >= 0):
+        raise ArgumentError("removal: 'delete' leaves the empty coalition without any token; use removal='baseline' "
+                            "or a prompt with tokens outside the features (a BOS token, a chat template)")
+    value_fn = _value_function(model, base, jnp.asarray(feature_of), score, removal, fill)
+
+    def value(masks: np.ndarray) -> np.ndarray:
+        return np.asarray(sweep(value_fn, base, jnp.asarray(masks), memory_budget=memory_budget, progress=progress),
+                          np.float64)
+
+    memo = shapley.Memo(value)
+    n = len(members)
+    values, stderr = _estimate(memo, n, method, samples, orders, antithetic, seed)
+    ends = memo(np.array([[True] * n, [False] * n])) if removal == "baseline" or method != "ablation" \
+        else np.array([memo(np.ones((1, n), bool))[0], np.nan])
+    return FeatureAttribution(
+        features=tuple(names), tokens=tuple(members), values=np.asarray(values, np.float64),
+        stderr=np.asarray(stderr, np.float64), full=float(ends[0]), empty=float(ends[1]), method=method,
+        removal=removal, evaluations=memo.evaluations, prompt_tokens=tuple(ids), answer_tokens=tuple(answer),
+    )
+
+
+def _features(model: Any, prompt: str, features: str | Sequence[str], chat: bool
+              ) -> tuple[list[int], list[str], list[tuple[int, ...]]]:
+    """(prompt token ids, feature texts, token indices of each feature)."""
+    tokenizer = model.tokenizer
+    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
+        raise ArgumentError("model: feature attribution needs a fast tokenizer (character offsets locate features)")
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        start = text.rfind(prompt)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    else:
+        text, start = prompt, 0
+        encoded = tokenizer(text, return_offsets_mapping=True)
+    if isinstance(features, str):
+        if features not in ("tokens", "words"):
+            raise ArgumentError(f"features: expected 'tokens', 'words' or a list of substrings, found {features!r}")
+        if features == "words":
+            spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", prompt)]
+        else:
+            spans = [(a - start, b - start) for a, b in encoded["offset_mapping"] if b > a and start <= a < start + len(prompt)]
+    else:
+        spans, cursor = [], 0
+        for piece in features:
+            at = prompt.find(piece, cursor) if isinstance(piece, str) and piece else -1
+            if at < 0:
+                raise ArgumentError(f"features: {piece!r} is not a substring of the prompt after character {cursor}")
+            spans.append((at, at + len(piece)))
+            cursor = at + len(piece)
+    members = []
+    for a, b in spans:
+        inside = tuple(i for i, (x, y) in enumerate(encoded["offset_mapping"])
+                       if y > x and x < start + b and y > start + a)
+        if not inside:
+            raise ArgumentError(f"features: {prompt[a:b]!r} covers no token of the prompt")
+        members.append(inside)
+    if not members:
+        raise ArgumentError("features: the prompt has no feature to perturb")
+    overlap = [t for i, m in enumerate(members) for t in m if any(t in other for other in members[i + 1:])]
+    if overlap:
+        raise ArgumentError(f"features: tokens {sorted(set(overlap))} belong to two features; choose wider features")
+    return list(encoded["input_ids"]), [prompt[a:b] for a, b in spans], members
+
+
+def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
+            ) -> tuple[list[int], Callable[[Array, Array, Array], Array]]:
+    """(answer token ids, fn(logits [B, L, V], tokens [B, L], predictors [L]) -> [B] score), where
+    `predictors[j]` is the slot whose logits predict slot j (the last kept slot before it)."""
+    length = len(ids)
+    if callable(target):
+        return [], lambda logits, tokens, predictors: target(logits[:, predictors[length]])
+    if target is None:
+        answer = model.generate(make_batch(np.array([ids], np.int32)), max_new_tokens).tokens[0]
+        if not answer:
+            raise ArgumentError("target: the model's greedy answer is empty; pass the answer string instead")
+    elif isinstance(target, str) and target:
+        answer = model.tokenizer(target, add_special_tokens=False)["input_ids"]
+    else:
+        raise ArgumentError(f"target: expected an answer string, None or a function of the logits, found {target!r}")
+
+    def log_probability(logits: Array, tokens: Array, predictors: Array) -> Array:
+        predicted = jax.nn.log_softmax(logits[:, predictors[length:]], axis=-1)  # the rows that predict the answer
+        return jnp.take_along_axis(predicted, tokens[:, length:, None], axis=-1)[..., 0].sum(-1)
+
+    return list(answer), log_probability
+
+
+def _value_function(model: Any, base: Batch, feature_of: Array, score: Callable, removal: str,
+                    fill: int) -> Callable[[Batch, Array], Array]:
+    """fn(batch, coalition [n] bool) -> the target's score of the perturbed prompt (traceable)."""
+    slots = jnp.arange(feature_of.shape[0])
+
+    def value(batch: Batch, coalition: Array) -> Array:
+        chex.assert_rank(coalition, 1)
+        kept = jnp.where(feature_of >= 0, coalition[jnp.maximum(feature_of, 0)], True)
+        if removal == "baseline":
+            batch = batch.replace(tokens=jnp.where(kept[None], batch.tokens, fill))
+            kept = jnp.ones_like(kept)
+        else:
+            mask = batch.mask & kept[None]
+            batch = batch.replace(mask=mask, positions=jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0))
+        # slot j is predicted by the last kept slot before it (a deleted token predicts nothing)
+        last_kept = jax.lax.cummax(jnp.where(kept, slots, 0))
+        predictors = jnp.concatenate([jnp.zeros(1, slots.dtype), last_kept[:-1]])
+        return score(model(batch), batch.tokens, predictors)[0]
+
+    return value
+
+
+def _estimate(memo: shapley.Memo, n: int, method: str, samples: int, orders: np.ndarray | None, antithetic: bool,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, standard errors) of `method` over the memoised value function."""
+    exact_error = np.full(n, np.nan)
+    if method == "ablation":
+        masks = np.ones((n + 1, n), bool)
+        masks[np.arange(1, n + 1), np.arange(n)] = False
+        v = memo(masks)
+        return v[0] - v[1:], exact_error
+    if method == "shapley":
+        rng = np.random.default_rng(seed)
+        orders = np.stack([rng.permutation(n) for _ in range(samples)]) if orders is None else orders
+        return shapley.permutation_sampling(memo, n, orders, antithetic=antithetic)
+    if method == "exact":
+        return shapley.exact(memo, n), exact_error
+    if method == "kernel_shap":
+        return shapley.kernel_shap(memo, n, samples=samples, seed=seed), exact_error
+    if method == "salama":
+        return shapley.salama(memo, n, m=samples, seed=seed), exact_error
+    return _lime(memo, n, samples, seed), exact_error
+
+
+def _lime(value: Callable[[np.ndarray], np.ndarray], n: int, samples: int, seed: int, width: float = 1.0) -> np.ndarray:
+    """LIME: a weighted linear fit of v on coalitions drawn uniformly (each feature kept with p = 1/2), weights
+    exp(-d^2 / width^2) for the cosine distance d to the full prompt (Captum's default kernel); weighted least
+    squares with an intercept where Captum defaults to a Lasso (no scikit-learn dependency here)."""
+    rng = np.random.default_rng(seed)
+    masks = np.concatenate([np.ones((1, n), bool), rng.random((samples, n)) < 0.5])
+    y = value(masks)
+    x = masks.astype(np.float64)
+    cosine = x.sum(1) / (np.sqrt(np.maximum(x.sum(1), 1e-12)) * np.sqrt(n))
+    weights = np.exp(-((1 - cosine) ** 2) / width**2)
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1) * np.sqrt(weights)[:, None]
+    coefficients = np.linalg.lstsq(design, y * np.sqrt(weights), rcond=None)[0]
+    return coefficients[:n]

@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 
+from jaxinterp.converters.files import check_tree, read_json
 from jaxinterp.errors import CheckpointError, shown
 
 FORMAT = 1
@@ -85,13 +86,7 @@ def _fsync(path: str) -> None:
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a converted directory, checked for format and the fields a restore reads first."""
     manifest_path = os.path.join(path, MANIFEST)
-    try:
-        with open(manifest_path) as f:
-            manifest = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{manifest_path}: unreadable ({type(e).__name__}: {e})") from None
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{manifest_path}: expected a JSON object, found {type(manifest).__name__}")
+    manifest = read_json(manifest_path, folder=path)
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{manifest_path}: format: expected {FORMAT}, found {shown(repr(manifest.get('format')))}")
     for key, expected in (("family", str), ("config", dict)):
@@ -108,10 +103,11 @@ def restore(path: str | os.PathLike, abstract: Mapping[str, Any]) -> dict[str, A
     import orbax.checkpoint as ocp
 
     params_path = os.path.join(os.path.abspath(path), "params")
+    check_tree(params_path)
     try:
         params = ocp.StandardCheckpointer().restore(params_path, abstract)
     except Exception as e:
-        raise CheckpointError(f"{params_path}: cannot restore ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{params_path}: cannot restore ({type(e).__name__}: {shown(str(e), 300)})") from None
     found = jax.tree.map(lambda x: (x.shape, x.dtype), params)
     want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
     if found != want:

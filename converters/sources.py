@@ -11,17 +11,17 @@ holds a tensor, for error messages.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
+from jaxinterp.converters.files import INDEX_LIMIT, member, read_json, regular_file
 from jaxinterp.converters.gguf_file import GGUFFile
 from jaxinterp.converters.safetensors_file import SafetensorsFile
 from jaxinterp.converters.tokenizers import load_tokenizer
-from jaxinterp.errors import CheckpointError
+from jaxinterp.errors import CheckpointError, shown
 
 
 class TensorSource(Protocol):
@@ -80,7 +80,7 @@ class TorchBinFile(_TorchTensors):
             self._tensors = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
             raise CheckpointError(
-                f"{self.path}: refused: torch's weights-only unpickler could not read it ({type(e).__name__}: {e}). "
+                f"{self.path}: refused: torch's weights-only unpickler could not read it ({type(e).__name__}: {shown(str(e), 300)}). "
                 "jaxinterp never runs code from a checkpoint. If you trust its author, convert it to safetensors "
                 "once, inside a sandbox: `safetensors.torch.save_file(torch.load(path, weights_only=False), "
                 "'model.safetensors')`, and load that file instead"
@@ -168,20 +168,9 @@ class Checkpoint:
     files: tuple[str, ...] = ()
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (a Hugging Face checkpoint needs its config.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-def _open_file(path: str) -> TensorSource:
+def _open_file(path: str, folder: str | None) -> TensorSource:
+    """The source of one weight file, checked to be a regular file (inside `folder` when it was named from one)."""
+    regular_file(path, folder=folder)
     if path.endswith(".safetensors"):
         return SafetensorsFile(path)
     if path.endswith((".bin", ".pt", ".pth")):
@@ -193,17 +182,18 @@ def _weight_files(folder: str) -> list[str]:
     """The weight files of a Hugging Face checkpoint directory, preferring safetensors."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index_path = os.path.join(folder, index_name)
-        if os.path.exists(index_path):
-            weight_map = _read_json(index_path).get("weight_map")
+        if os.path.lexists(index_path):
+            weight_map = read_json(index_path, folder=folder, limit=INDEX_LIMIT).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{index_path}: weight_map: expected a non-empty object, found {weight_map!r}")
-            files = [os.path.join(folder, name) for name in dict.fromkeys(weight_map.values())]
+                raise CheckpointError(f"{index_path}: weight_map: expected a non-empty object, "
+                                      f"found {shown(repr(weight_map))}")
+            files = [member(folder, name, listed_in=index_path) for name in dict.fromkeys(weight_map.values())]
             for file in files:
-                if not os.path.exists(file):
+                if not os.path.lexists(file):
                     raise CheckpointError(f"{file}: listed in {index_name} but missing")
             return files
     for name in ("model.safetensors", "pytorch_model.bin"):
-        if os.path.exists(os.path.join(folder, name)):
+        if os.path.lexists(os.path.join(folder, name)):
             return [os.path.join(folder, name)]
     raise CheckpointError(
         f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json or pytorch_model.bin)"
@@ -212,7 +202,7 @@ def _weight_files(folder: str) -> list[str]:
 
 def _directory_tokenizer(folder: str) -> Callable[[], Any]:
     def load():
-        if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        if not any(os.path.lexists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             return None
         return load_tokenizer(folder)
 
@@ -232,12 +222,13 @@ def open_checkpoint(source: Any) -> Checkpoint:
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such file or directory")
     if path.endswith(".gguf"):
-        gguf = GGUFFile(path)
+        gguf = GGUFFile(regular_file(path))
         return Checkpoint(path, gguf.hf_config(), ShardedSource([gguf]), gguf.tokenizer, (path,))
     if os.path.isdir(path):
-        folder, files = path, _weight_files(path)
+        folder, files, named = path, _weight_files(path), path
     else:
-        folder, files = os.path.dirname(os.path.abspath(path)), [path]
-    config = _read_json(os.path.join(folder, "config.json"))
-    tensors = ShardedSource([_open_file(f) for f in files])
+        folder, files, named = os.path.dirname(os.path.abspath(path)), [path], None
+    config = read_json(os.path.join(folder, "config.json"), folder=folder,
+                       what="a Hugging Face checkpoint needs its config.json")
+    tensors = ShardedSource([_open_file(f, named) for f in files])
     return Checkpoint(path, config, tensors, _directory_tokenizer(folder), tuple(files))

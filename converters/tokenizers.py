@@ -8,9 +8,16 @@ names its real cause: a missing package, that refusal, or the files transformers
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from jaxinterp.converters.files import TOKENIZER_LIMIT, regular_file
 from jaxinterp.errors import CheckpointError, shown
+
+# the files transformers may read from a tokenizer folder
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "chat_template.jinja",
+                   "chat_template.json")
 
 
 def _cause(error: Exception) -> str:
@@ -27,8 +34,12 @@ def _cause(error: Exception) -> str:
 
 
 def load_tokenizer(folder: str) -> Any:
-    """The transformers tokenizer saved in `folder`."""
+    """The transformers tokenizer saved in `folder`, whose tokenizer files must be regular files inside it."""
     from transformers import AutoTokenizer
+
+    for name in TOKENIZER_FILES:
+        if os.path.lexists(os.path.join(folder, name)):
+            regular_file(os.path.join(folder, name), folder=folder, limit=TOKENIZER_LIMIT)
 
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)

@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Callable
 
 from jaxinterp.converters import orbax_dir
+from jaxinterp.converters.files import read_json, regular_file
 from jaxinterp.errors import CheckpointError
 
 
@@ -79,15 +80,12 @@ def file_hash(path: str) -> str:
     memo = os.path.join(cache_root(), "hashes.json")
     key = f"{os.path.abspath(path)}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
     try:
-        with open(memo) as f:
-            known = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
-        known = {}
-    if not isinstance(known, dict):
+        known = read_json(memo, folder=cache_root()) if os.path.lexists(memo) else {}
+    except CheckpointError:  # an unreadable memo (a FIFO, a link out of the cache, bad JSON) is rebuilt
         known = {}
     if not re.fullmatch(r"[0-9a-f]{64}", str(known.get(key))):
         digest = hashlib.sha256()
-        with open(path, "rb") as f:
+        with open(regular_file(path), "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 digest.update(chunk)
         known[key] = digest.hexdigest()

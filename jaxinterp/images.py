@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from jaxinterp.converters.sources import _read_json
+from jaxinterp.converters.files import read_json
 from jaxinterp.errors import ArgumentError, ConfigError
 
 Image = PIL.Image.Image | np.ndarray
@@ -231,4 +231,4 @@ def _center_crop(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def load_image_processor(folder: str | os.PathLike) -> ImageProcessor | None:
     """The processor of a checkpoint directory's `preprocessor_config.json` (None without one)."""
     path = os.path.join(folder, "preprocessor_config.json")
-    return ImageProcessor.from_hf(_read_json(path), source=path) if os.path.exists(path) else None
+    return ImageProcessor.from_hf(read_json(path, folder=folder), source=path) if os.path.lexists(path) else None

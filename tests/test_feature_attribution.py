@@ -76,6 +76,12 @@ def test_identical_coalitions_are_scored_once_and_features_are_located():
     np.testing.assert_allclose(token_values.sum(), result.values.sum())
 
 
+def test_figure_is_a_token_strip(tmp_path):
+    result = feature_attribution(_model(), PROMPT, ANSWER, method="ablation", progress=False)
+    result.figure(_model().tokenizer, path=tmp_path / "strip.png")
+    assert (tmp_path / "strip.png").stat().st_size > 1000
+
+
 def test_chat_perturbs_only_the_user_text():
     model = _model()
     result = feature_attribution(model, PROMPT, ANSWER, chat=True, method="ablation", progress=False)

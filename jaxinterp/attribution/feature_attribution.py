@@ -78,6 +78,15 @@ class FeatureAttribution:
             out[list(tokens)] = value / len(tokens)
         return out
 
+    def figure(self, tokenizer: Any, *, path: str | None = None) -> Any:
+        """The prompt as a token strip coloured by `token_values` (written to `path` when given)."""
+        from jaxinterp.viz.token_strip import token_strip
+
+        shown = [tokenizer.decode([t]) for t in self.prompt_tokens]
+        answer = tokenizer.decode(list(self.answer_tokens)) if self.answer_tokens else "the target"
+        return token_strip(shown, self.token_values(), title=f"{self.method}: contribution to log p({answer!r})",
+                           path=path)
+
 
 def feature_attribution(
     model: Any,

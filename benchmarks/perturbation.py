@@ -2,9 +2,10 @@
 
     python -m benchmarks.perturbation [--permutations 4] [--exact]
 
-A 6-shot arithmetic prompt (~130 tokens) cut into 10 features (each worked example, then the
-question's words), the greedy answer's log-probability as target, a baseline token for removed
-features. Both sides score as many coalitions (Captum: `FeatureAblation` and
+A 6-shot arithmetic prompt (79 tokens) cut into 10 features (each worked example, then the
+question's words), the log-probability of the answer " 19." as target, a baseline for removed
+features (ours: the pad token in place; Captum: a placeholder word, re-tokenised). Both sides
+score as many coalitions (Captum: `FeatureAblation` and
 `ShapleyValueSampling` with its default cached decode; ours: one compiled sweep, each distinct
 coalition once). Prints coalitions per second and the ratio; with `--exact`, also the error of
 permutation Shapley against exact Shapley (1,024 coalitions) at the permutation counts each

@@ -48,7 +48,6 @@ class SafetensorsFile:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         self._entries, self._data_start = self._read_header()
-        self._memmap: np.memmap | None = None
 
     def _fail(self, field: str, message: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {field}: {shown(message, 500)}")
@@ -117,12 +116,23 @@ class SafetensorsFile:
         return self._entries[name]["shape"]
 
     def get(self, name: str) -> np.ndarray:
-        """One tensor as a read-only view of the memory map (no copy until it is used)."""
-        if self._memmap is None:
-            self._memmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        """One tensor, read into its own buffer.
+
+        A read rather than a memory map: the pages of a map stay resident (and count in the
+        process's memory) after the converter is done with them, so a mapped load peaks at the
+        file's size on top of the converted parameters; a read holds one tensor at a time.
+        """
         entry = self._entries[name]
-        start = self._data_start + entry["begin"]
-        raw = self._memmap[start: self._data_start + entry["end"]]
-        if raw.size != entry["end"] - entry["begin"]:  # the file shrank after its header was checked
-            raise self._fail(f"tensor {name}", f"data ends at byte {self._memmap.size}: the file was truncated while open")
+        size = entry["end"] - entry["begin"]
+        raw = np.empty(size, np.uint8)
+        view, got = memoryview(raw), 0
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._data_start + entry["begin"])
+            while got < size:  # one read returns at most ~2 GiB on Linux
+                step = f.readinto(view[got:])
+                if not step:
+                    break
+                got += step
+        if got != size:  # the file shrank after its header was checked
+            raise self._fail(f"tensor {name}", f"data ends {size - got} bytes early: the file was truncated while open")
         return raw.view(entry["dtype"]).reshape(entry["shape"])

@@ -30,6 +30,11 @@ def test_replace_heads_copies_the_top_head_or_the_mean_of_the_top_k():
     np.testing.assert_array_equal(np.asarray(replace_heads(probs, scores, 0))[0, :, 0, 0], [0, 1, 2, 3])
 
 
+def test_head_count_rounds_halves_to_even_as_the_release(model):
+    """The release's k = round(H * TOPK_RATIO) is Python's round: 4 x 0.625 = 2.5 -> 2, 4 x 0.125 = 0.5 -> 0."""
+    assert [int(art(model, top_k_ratio=r).heads) for r in (0.125, 0.375, 0.625, 0.875)] == [0, 2, 2, 4]
+
+
 def test_zero_heads_leave_logits_unchanged(model):
     batch = spanned_batch()
     assert int(art(model, layers=(0, 1), top_k_ratio=0.1).heads) == 0  # round(4 x 0.1) = 0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import jaxinterp as ji
+from jaxinterp.edits import FunctionEdit
 from jaxinterp.methods.infoflow import cliff_layer, information_flow
 from jaxinterp.methods.recompute import greedy
 from jaxinterp.methods.truncation import Truncate, answer_scores, keep_top, last_query, truncate, truncation_sweep
@@ -81,6 +82,24 @@ def test_kept_tokens_are_the_top_r_of_the_last_prompt_query_at_layer_k_minus_1(v
     assert keep_top(vlm, batch, start=1, count=0) is None
     random = np.asarray(keep_top(vlm, batch, start=0, count=5, seed=3))
     assert (random.sum(axis=1) == 5).all()
+
+
+def _favour_early_keys(scores, ctx, weight):
+    """+weight x (S - key index) on every score: the earliest keys win the softmax."""
+    return scores + weight * (scores.shape[-1] - jnp.arange(scores.shape[-1], dtype=scores.dtype))
+
+
+def test_kept_tokens_are_ranked_in_the_forward_with_the_callers_edits(vlm):
+    """An edit making layer 0 attend to the earliest keys: the kept image tokens are the first three."""
+    batch = vlm_batch(vlm, answers=True)
+    edit = FunctionEdit(("blocks.0.attn.scores",), _favour_early_keys, jnp.float32(50.0))
+    keep = np.asarray(keep_top(vlm, batch, start=1, count=3, edits=edit))
+    np.testing.assert_array_equal(keep, np.arange(16)[None].repeat(2, 0) < 3)
+    assert not np.array_equal(keep, np.asarray(keep_top(vlm, batch, start=1, count=3)))
+    np.testing.assert_array_equal(truncate(vlm, batch, start=1, count=3, edits=edit).keep, keep)
+    found = truncation_sweep(vlm, batch, [1], count=3, edits=edit)
+    log_prob, _ = answer_scores(vlm(batch, edits=(edit, Truncate(start=1, keep=jnp.asarray(keep)))), batch)
+    np.testing.assert_allclose(found["log_prob"][0], log_prob, atol=1e-4)
 
 
 def test_cached_generation_equals_uncached(vlm):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -21,10 +20,10 @@ def check_layers(layers: Iterable[int], num_layers: int, *, argument: str = "lay
 
 
 def heads_from_ratio(ratio: float, num_heads: int, *, argument: str = "top_k_ratio") -> int:
-    """round(num_heads * ratio) (halves round up), for a ratio in (0, 1]."""
+    """Python's round(num_heads * ratio) (halves to even, as the ART release), for a ratio in (0, 1]."""
     if not 0 < ratio <= 1:
         raise ArgumentError(f"{argument}: expected a fraction of the heads in (0, 1], found {ratio!r}")
-    return math.floor(num_heads * ratio + 0.5)
+    return round(num_heads * ratio)
 
 
 def check_count(count: int, limit: int, *, argument: str) -> int:

@@ -91,8 +91,9 @@ def art(model, *, layers: Iterable[int] = (0,), top_k_ratio: float = 0.1, mode: 
     Args:
       model: the model it will run on (for the layer and head counts).
       layers: shallow layers to edit.
-      top_k_ratio: fraction of the heads replaced, in (0, 1]; k = round(H * ratio) (the code
-        reads a ratio above 0.999 as an absolute count: build `ART(heads=k)` directly for that).
+      top_k_ratio: fraction of the heads replaced, in (0, 1]; k = Python round(H * ratio), halves to
+        even as in the release (the code reads a ratio above 0.999 as an absolute count: build
+        `ART(heads=k)` directly for that).
       mode, overwrite, apply_at, eps, below_eps: see `ART`.
     """
     config = model.config

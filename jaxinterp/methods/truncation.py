@@ -77,12 +77,14 @@ def last_query(batch: Batch) -> Array:
     return length - 1 - jnp.argmax(prompt[:, ::-1], axis=-1)
 
 
-def keep_top(model: Any, inputs: Any, *, start: int, count: int, span: str = "image", seed: int = 0) -> Array | None:
+def keep_top(model: Any, inputs: Any, *, start: int, count: int, span: str = "image", seed: int = 0,
+             edits: Edit | tuple | None = ()) -> Array | None:
     """[B, N] mask of the `count` span tokens to keep from layer `start` on (None when count = 0).
 
     The top-`count` span tokens by the last prompt query's head-averaged attention at layer
     start - 1 (step 3; a start beyond the last layer, where nothing is truncated, reads the last
-    layer); at start = 0 a random subset drawn with `seed` (the code's rule). Ties: earlier token.
+    layer), in the forward with the caller's `edits`; at start = 0 a random subset drawn with
+    `seed` (the code's rule). Ties: earlier token.
     """
     batch = model.batch(inputs)
     inside = np.asarray(require_tokens(check_segment(span), batch.segments))
@@ -93,7 +95,7 @@ def keep_top(model: Any, inputs: Any, *, start: int, count: int, span: str = "im
         weights = jax.random.uniform(jax.random.key(seed), inside.shape)
     else:
         layer = min(start, model.config.num_layers) - 1
-        probs = next(layer_patterns(model, batch, layers=[layer])).probs
+        probs = next(layer_patterns(model, batch, layers=[layer], edits=edits)).probs
         weights = jnp.mean(probs, axis=1)[jnp.arange(inside.shape[0]), last_query(batch)]  # [B, S]
     weights = np.asarray(weights)
     keep = np.zeros((inside.shape[0], int(inside.sum(axis=1).max())), bool)
@@ -111,18 +113,22 @@ def check_starts(starts: Sequence[int]) -> list[int]:
     return [int(k) for k in starts]
 
 
-def truncate(model: Any, inputs: Any, *, start: int, count: int = 0, span: str = "image", seed: int = 0) -> Truncate:
+def truncate(model: Any, inputs: Any, *, start: int, count: int = 0, span: str = "image", seed: int = 0,
+             edits: Edit | tuple | None = ()) -> Truncate:
     """The truncation edit for these inputs: the span hidden from layer `start` on, keeping the
-    `count` tokens `keep_top` picks (R = count; 0 hides them all)."""
+    `count` tokens `keep_top` picks under `edits`, the edits it will run with (R = count; 0 hides them all)."""
     check_starts([start])
     return Truncate(start=jnp.int32(start), keep=keep_top(model, inputs, start=start, count=count, span=span,
-                                                          seed=seed), span=check_segment(span))
+                                                          seed=seed, edits=edits), span=check_segment(span))
 
 
 def answer_scores(logits: Array, batch: Batch) -> tuple[Array, Array]:
-    """Teacher-forced answer log-prob [B] (sum over the `answer` tokens) and exact match [B]
-    (every answer token is the argmax: what greedy decoding would produce)."""
-    answer = (batch.segments[:, 1:] == segment_id("answer")) & batch.mask[:, 1:]
+    """Teacher-forced answer log-prob [B] (sum over the output tokens, segment `answer` or
+    `generated`) and exact match [B] (every output token is the argmax: what greedy decoding
+    would produce). Labelling the output `generated` keeps prefill-only edits off its rows, as
+    in cached generation."""
+    output = jnp.isin(batch.segments[:, 1:], jnp.array([segment_id(s) for s in OUTPUT_SEGMENTS]))
+    answer = output & batch.mask[:, 1:]
     targets, logits = batch.tokens[:, 1:], logits[:, :-1]
     chosen = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
     hit = jnp.argmax(logits, axis=-1) == targets
@@ -141,7 +147,7 @@ def truncation_sweep(model: Any, inputs: Any, starts: Sequence[int], *, count: i
     batch = model.batch(inputs)
     require_tokens("answer", batch.segments)
     starts = check_starts(starts)
-    keeps = [keep_top(model, batch, start=k, count=count, span=span, seed=seed) for k in starts]
+    keeps = [keep_top(model, batch, start=k, count=count, span=span, seed=seed, edits=edits) for k in starts]
     config, params, extra = model.config, model.params, model._edits(edits)
     variations = {"start": jnp.asarray(starts, jnp.int32)}
     if count:

@@ -166,6 +166,7 @@ class Checkpoint:
     tensors: ShardedSource
     load_tokenizer: Callable[[], Any]
     files: tuple[str, ...] = ()
+    config_source: str = ""  # where the config was read (a config.json, a GGUF file's metadata), for errors
 
 
 def _open_file(path: str, folder: str | None) -> TensorSource:
@@ -223,12 +224,12 @@ def open_checkpoint(source: Any) -> Checkpoint:
         raise CheckpointError(f"{path}: no such file or directory")
     if path.endswith(".gguf"):
         gguf = GGUFFile(regular_file(path))
-        return Checkpoint(path, gguf.hf_config(), ShardedSource([gguf]), gguf.tokenizer, (path,))
+        return Checkpoint(path, gguf.hf_config(), ShardedSource([gguf]), gguf.tokenizer, (path,), f"{path} (metadata)")
     if os.path.isdir(path):
         folder, files, named = path, _weight_files(path), path
     else:
         folder, files, named = os.path.dirname(os.path.abspath(path)), [path], None
-    config = read_json(os.path.join(folder, "config.json"), folder=folder,
-                       what="a Hugging Face checkpoint needs its config.json")
+    config_path = os.path.join(folder, "config.json")
+    config = read_json(config_path, folder=folder, what="a Hugging Face checkpoint needs its config.json")
     tensors = ShardedSource([_open_file(f, named) for f in files])
-    return Checkpoint(path, config, tensors, _directory_tokenizer(folder), tuple(files))
+    return Checkpoint(path, config, tensors, _directory_tokenizer(folder), tuple(files), config_path)

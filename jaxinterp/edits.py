@@ -16,11 +16,12 @@ function with `FunctionEdit`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxinterp.errors import ArgumentError
@@ -39,6 +40,16 @@ class Edit:
     def __call__(self, x: Array, ctx: Context) -> Array:
         raise NotImplementedError
 
+    def check(self, shapes: Mapping[str, jax.ShapeDtypeStruct]) -> None:
+        """Raises ArgumentError when the edit's numbers do not fit the model whose sites have
+        `shapes` (on an example batch); a model calls it when it resolves the edit. Here: every
+        known float number is finite (a NaN steering vector would silently derail generation)."""
+        for path, leaf in jax.tree_util.tree_leaves_with_path(self):
+            if not isinstance(leaf, jax.core.Tracer) and jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) \
+                    and not np.isfinite(np.asarray(leaf, np.float32)).all():
+                raise ArgumentError(f"edit {type(self).__name__}{jax.tree_util.keystr(path)}: "
+                                    "expected finite numbers, found NaN or infinity")
+
 
 def compose(*edits: Edit | tuple | list | None) -> tuple[Edit, ...]:
     """One flat tuple of edits, applied in the given order at each site they share."""
@@ -53,6 +64,19 @@ def compose(*edits: Edit | tuple | list | None) -> tuple[Edit, ...]:
         else:
             raise ArgumentError(f"edits: expected Edit objects, found {type(edit).__name__}")
     return tuple(flat)
+
+
+def _check_heads(edit: Edit, shapes: Mapping[str, jax.ShapeDtypeStruct]) -> None:
+    """An edit's `head` indices must name heads of its site `[B, T, H, Dh]` (a head past the count
+    would silently edit nothing); numbers traced under `jit` are not known and not checked."""
+    Edit.check(edit, shapes)
+    (site,) = edit.sites
+    if isinstance(edit.head, jax.core.Tracer) or site not in shapes:
+        return
+    count, heads = shapes[site].shape[2], np.atleast_1d(np.asarray(edit.head))
+    if heads.dtype.kind not in "iu" or heads.size == 0 or heads.min() < 0 or heads.max() >= count:
+        raise ArgumentError(f"edit {type(edit).__name__}: head: expected indices in [0, {count}) "
+                            f"(the heads of {site}), found {heads.tolist()}")
 
 
 def _head_mask(heads: Array | int, count: int) -> Array:
@@ -93,6 +117,8 @@ class ScaleHead(Edit):
     def sites(self) -> tuple[str, ...]:
         return (f"blocks.{self.layer}.attn.head_out",)
 
+    check = _check_heads
+
     def __call__(self, x: Array, ctx: Context) -> Array:
         hit = _head_mask(self.head, x.shape[2])[None, None, :, None]
         return jnp.where(hit, x * jnp.asarray(self.scale, x.dtype), x)
@@ -109,6 +135,8 @@ class SetHead(Edit):
     @property
     def sites(self) -> tuple[str, ...]:
         return (f"blocks.{self.layer}.attn.head_out",)
+
+    check = _check_heads
 
     def __call__(self, x: Array, ctx: Context) -> Array:
         hit = _head_mask(self.head, x.shape[2])[None, None, :, None]

@@ -180,13 +180,14 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def check_arguments(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_arguments(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                    vocab_size: int) -> None:
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ArgumentError(f"max_new_tokens: expected a positive integer, found {max_new_tokens!r}")
     if not temperature >= 0:
         raise ArgumentError(f"temperature: expected >= 0, found {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise ArgumentError(f"top_k: expected a positive integer or None, found {top_k!r}")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= vocab_size):
+        raise ArgumentError(f"top_k: expected an integer in 1..{vocab_size} (the vocabulary) or None, found {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ArgumentError(f"top_p: expected a number in (0, 1], found {top_p!r}")
 
@@ -214,8 +215,13 @@ def stop_tokens(tokenizer: Any, config: Any, stop: Sequence[str | int]) -> tuple
     strings = []
     for item in stop:
         if isinstance(item, (int, np.integer)):
+            if not 0 <= item < config.vocab_size:
+                raise ArgumentError(f"stop: expected token ids in [0, {config.vocab_size}), found {item}")
             ids.append(int(item))
             continue
+        if not isinstance(item, str) or not item:
+            raise ArgumentError(f"stop: expected non-empty strings or token ids, found {item!r} "
+                                "(an empty string would match at once)")
         encoded = tokenizer(item, add_special_tokens=False)["input_ids"] if tokenizer is not None else []
         if len(encoded) == 1:
             ids.append(encoded[0])
@@ -247,7 +253,7 @@ def finish(tokenizer: Any, tokens: np.ndarray, steps: int, stop_ids: list[int], 
 def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p, seed, stop, edits, stream,
                    chat, capture, labeler) -> Generation:
     """Implementation of `Model.generate` (see there)."""
-    check_arguments(max_new_tokens, temperature, top_k, top_p)
+    check_arguments(max_new_tokens, temperature, top_k, top_p, model.config.vocab_size)
     config = model.config
     if isinstance(prompts, Batch):
         prompt = prompts
@@ -263,7 +269,7 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
             f"max_new_tokens: prompt ({needed - max_new_tokens} tokens) plus max_new_tokens ({max_new_tokens}) "
             f"exceeds the model's context of {config.max_position_embeddings} tokens"
         )
-    stop_ids, stop_strings = stop_tokens(model.tokenizer, config, [stop] if isinstance(stop, str) else list(stop))
+    stop_ids, stop_strings = stop_tokens(model.tokenizer, config, [stop] if isinstance(stop, (str, int, np.integer)) else list(stop))
     sampling = Sampling(greedy=temperature == 0, top_k=top_k, nucleus=top_p is not None and top_p < 1)
     cache_size = _round_up(prompt.tokens.shape[1] + max_new_tokens, CACHE_BUCKET)
     capture = model.resolve_capture(capture)

@@ -40,7 +40,7 @@ def _dtype(dtype: str | Any) -> Any:
 def _from_checkpoint(source: Any, dtype: Any, progress: bool) -> Model:
     """A model converted in memory from a checkpoint (with its tokenizer and image processor)."""
     checkpoint = open_checkpoint(source)
-    config = models.config_from_hf(checkpoint.hf_config, source=f"{checkpoint.description} (config)")
+    config = models.config_from_hf(checkpoint.hf_config, source=checkpoint.config_source or checkpoint.description)
     expected = flatten(models.abstract_params(config, dtype))
     params = convert_checkpoint(checkpoint, config, expected, dtype=dtype, progress=progress)
     processor = None
@@ -79,7 +79,7 @@ def convert(source: Any, destination: str | os.PathLike, *, dtype: str = "float3
 
 def _restore(path: str, dtype: Any) -> Model:
     manifest = orbax_dir.read_manifest(path)
-    config = models.config_from_dict(manifest)
+    config = models.config_from_dict(manifest, source=os.path.join(path, orbax_dir.MANIFEST))
     saved = models.abstract_params(config, jnp.dtype(manifest["dtype"]))
     params = orbax_dir.restore(path, saved)
     if jnp.dtype(manifest["dtype"]) != jnp.dtype(dtype):

@@ -23,6 +23,7 @@ from jaxinterp.edits import Edit, compose
 from jaxinterp.errors import ArgumentError, NonFiniteError
 from jaxinterp.generate import Generation, Labeler, decode_loop, run_generation
 from jaxinterp.models import Batch, make_batch
+from jaxinterp.models.batch import check_tokens
 from jaxinterp.models.sites import resolve, segment_id
 
 Array = jax.Array
@@ -172,6 +173,7 @@ class Model:
     def batch(self, inputs: Inputs) -> Batch:
         """Any accepted input form as a `Batch` (checked by the family, placed on the model's devices when sharded)."""
         batch = self._as_batch(inputs)
+        check_tokens(batch, self.config)
         if hasattr(self.config, "check_batch"):
             self.config.check_batch(batch)
         return self.place(batch)
@@ -191,8 +193,6 @@ class Model:
                 f"inputs: expected text, a Batch, or integer token ids of shape [T] or [B, T]; "
                 f"found {tokens.dtype} array of shape {tokens.shape}"
             )
-        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
-            raise ArgumentError(f"inputs: token ids must lie in [0, {self.config.vocab_size}); found {tokens.min()}..{tokens.max()}")
         return make_batch(tokens)
 
     # -- sites -------------------------------------------------------------------------
@@ -226,8 +226,11 @@ class Model:
 
     def _edits(self, edits: Edit | Sequence[Edit] | None) -> tuple[Edit, ...]:
         edits = compose(edits)
+        with jax.ensure_compile_time_eval():  # bookkeeping: never staged into a caller's trace
+            shapes = self.site_shapes(models.example_batch(self.config))
         for edit in edits:
             resolve(edit.sites, self.sites, argument=f"edit {type(edit).__name__}")
+            edit.check(shapes)
         return edits
 
     # -- running -----------------------------------------------------------------------

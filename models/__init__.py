@@ -18,8 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.errors import ConfigError
+from jaxinterp.errors import ConfigError, shown
 from jaxinterp.models import clip_vision, gpt2, llama, llava, moa, siglip_vision
+from jaxinterp.models.config_checks import check_config, check_hf
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
 from jaxinterp.models.sites import SEGMENTS, Context, Tap, segment_id
 
@@ -76,27 +77,25 @@ def config_from_hf(hf: Mapping[str, Any], *, source: str = "config.json") -> Any
     if model_type not in HF_MODEL_TYPES:
         architectures = hf.get("architectures")
         raise ConfigError(
-            f"{source}: model_type: expected one of {sorted(HF_MODEL_TYPES)}, found {model_type!r}"
-            + (f" (architectures {architectures})" if architectures else "")
+            f"{source}: model_type: expected one of {sorted(HF_MODEL_TYPES)}, found {shown(repr(model_type))}"
+            + (f" (architectures {shown(repr(architectures))})" if architectures else "")
         )
-    config = HF_MODEL_TYPES[model_type](hf, source=source)
-    check_sizes(config, source=source)
+    check_hf(hf, source=source)
+    config = _built(lambda: HF_MODEL_TYPES[model_type](hf, source=source), source)
+    check_config(config, source=source)
     return config
 
 
-# Generous bounds on sizes read from a config.json: a file asking for more is hostile or broken, and
-# without a bound building its parameter shapes would hang before any tensor is compared.
-SIZE_LIMITS = {"num_layers": 1024, "num_heads": 1024, "num_kv_heads": 1024, "hidden_size": 1 << 16,
-               "intermediate_size": 1 << 20, "head_dim": 4096, "vocab_size": 1 << 22, "image_size": 8192}
-
-
-def check_sizes(config: Any, *, source: str) -> None:
-    """Raises ConfigError when a size of `config` (or of its nested configs) is not in 1..its limit."""
-    for name, value in vars(config).items():
-        if hasattr(value, "family"):
-            check_sizes(value, source=source)
-        elif name in SIZE_LIMITS and not (isinstance(value, int) and 1 <= value <= SIZE_LIMITS[name]):
-            raise ConfigError(f"{source}: {name}: expected an integer in 1..{SIZE_LIMITS[name]}, found {value!r}")
+def _built(build: Any, source: str) -> Any:
+    """`build()`, a family's config builder, with a missing or malformed key as a ConfigError naming it."""
+    try:
+        return build()
+    except ConfigError as e:  # raised by a config class, which does not know the file
+        raise e if str(e).startswith(source) else ConfigError(f"{source}: {e}") from None
+    except KeyError as e:
+        raise ConfigError(f"{source}: {shown(str(e.args[0]))}: missing (the family needs it)") from None
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
+        raise ConfigError(f"{source}: malformed ({type(e).__name__}: {shown(str(e), 300)})") from None
 
 
 def example_batch(config: Any) -> Batch:
@@ -115,12 +114,14 @@ def abstract_params(config: Any, dtype: Any = jnp.float32) -> dict[str, Any]:
     return jax.eval_shape(lambda: init_params(config, jax.random.key(0), dtype))
 
 
-def config_from_dict(data: Mapping[str, Any]) -> Any:
-    """Rebuilds a family config saved with `config_to_dict`."""
+def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Any:
+    """Rebuilds a family config saved with `config_to_dict` (`source`: where it was read, for errors)."""
     family = data.get("family")
     if family not in FAMILIES:
-        raise ConfigError(f"config family: expected one of {sorted(FAMILIES)}, found {family!r}")
-    return FAMILIES[family].from_dict(data["config"])
+        raise ConfigError(f"{source}: family: expected one of {sorted(FAMILIES)}, found {shown(repr(family))}")
+    config = _built(lambda: FAMILIES[family].from_dict(data["config"]), source)
+    check_config(config, source=source)
+    return config
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

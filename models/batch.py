@@ -14,8 +14,10 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
+from jaxinterp.errors import ArgumentError
 from jaxinterp.models.sites import segment_id
 
 Array = jax.Array
@@ -100,6 +102,31 @@ def make_batch(tokens, mask=None, *, segments=None, positions=None, steps=None, 
     )
     batch.check()
     return batch
+
+
+def check_tokens(batch: Batch, config: object) -> None:
+    """Raises ArgumentError when a real token of `batch` (masked in, not replaced by `embeds` or an
+    image) lies outside the vocabulary of `config`, or, for a family with a learned position table
+    (`learned_positions`), when a real token's position lies past its end. Traced batches (inside
+    `jit`) are not checked: their values are not known."""
+    if any(isinstance(leaf, jax.core.Tracer) or not getattr(leaf, "is_fully_addressable", True)
+           for leaf in jax.tree.leaves(batch)):
+        return
+    real = np.asarray(batch.mask) if batch.embeds_mask is None else np.asarray(batch.mask & ~batch.embeds_mask)
+    if batch.embeds is not None and batch.embeds_mask is None or not real.any():
+        return
+    vocab = getattr(config, "vocab_size", None)
+    tokens = np.asarray(batch.tokens)[real]
+    placeholder = getattr(config, "image_token_id", None)  # image placeholders, which the model replaces
+    tokens = tokens if placeholder is None else tokens[tokens != placeholder]
+    if vocab is not None and tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
+        raise ArgumentError(f"inputs: token ids must lie in [0, {vocab}); found {tokens.min()}..{tokens.max()}")
+    limit = config.max_position_embeddings if getattr(config, "learned_positions", False) else None
+    positions = np.asarray(batch.positions)[real]
+    if limit is not None and (positions.min() < 0 or positions.max() >= limit):
+        raise ArgumentError(f"inputs: positions must lie in [0, {limit}) (the model's learned position table); "
+                            f"found {positions.min()}..{positions.max()}: a prompt of {positions.max() + 1} tokens "
+                            f"is longer than the model's {limit}")
 
 
 @struct.dataclass

@@ -19,6 +19,7 @@ import numpy as np
 from flax import struct
 
 from jaxinterp import models
+from jaxinterp.converters.chat_template import render_chat
 from jaxinterp.edits import Edit, compose
 from jaxinterp.errors import ArgumentError, NonFiniteError
 from jaxinterp.generate import Generation, Labeler, decode_loop, run_generation
@@ -136,7 +137,7 @@ class Model:
             raise ArgumentError("texts: expected a non-empty string or list of strings")
         if chat:
             texts = [
-                self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
+                render_chat(self.tokenizer, [{"role": "user", "content": t}], add_generation_prompt=True, source=self.source)
                 for t in texts
             ]
         return self.pack([self.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts], padding=padding)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxinterp.converters.chat_template import render_chat
 from jaxinterp.errors import ArgumentError
 from jaxinterp.model import Model
 from jaxinterp.models import Batch
@@ -50,7 +51,7 @@ def _row(model: Model, question: str, images: int, system: str | None, answer: s
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
         messages += [{"role": "assistant", "content": answer}] if answer is not None else []
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
+        text = render_chat(tokenizer, messages, add_generation_prompt=answer is None, source=model.source)
     else:
         text = "\n".join(p for p in (system, question) if p) + (answer or "")
     spans = _spans(text, [("system", system), ("question", question), ("answer", answer)])

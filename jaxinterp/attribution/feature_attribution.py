@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.converters.chat_template import render_chat
 from jaxinterp.errors import ArgumentError
 from jaxinterp.methods import shapley
 from jaxinterp.models import Batch, make_batch
@@ -169,8 +170,8 @@ def _features(model: Any, prompt: str, features: str | Sequence[str], chat: bool
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         raise ArgumentError("model: feature attribution needs a fast tokenizer (character offsets locate features)")
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True,
+                           source=model.source)
         start = text.rfind(prompt)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -105,6 +105,7 @@ def convert(
     *,
     dtype: Any = jnp.float32,
     progress: bool = True,
+    put: Callable[[str, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Converts a checkpoint into the nested parameter dict of `config`'s family.
 
@@ -114,6 +115,8 @@ def convert(
       expected: flattened parameter path -> ShapeDtypeStruct (from the model's init).
       dtype: parameter dtype of the result.
       progress: show a progress bar.
+      put: `put(path, value)` places each converted tensor (already in `dtype`), e.g. straight
+        into its shards; default: a copy on the default device.
     """
     names = FORMATS.get(checkpoint.hf_config.get("model_type")) or NAME_MAPS[config.family]
     tensors = checkpoint.tensors
@@ -131,7 +134,7 @@ def convert(
         table.items(), desc=f"converting {os.path.basename(checkpoint.description)}", unit="tensor", disable=not progress, leave=False
     ):
         value = layout.apply(tensors.get(name), tuple(expected[path].shape))
-        params[path] = jnp.array(value, dtype=dtype)  # always a copy: never alias a memory map
+        params[path] = jnp.array(value, dtype=dtype) if put is None else put(path, value.astype(jnp.dtype(dtype)))
         del value
     return unflatten(params)
 

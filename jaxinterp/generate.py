@@ -250,6 +250,16 @@ def finish(tokenizer: Any, tokens: np.ndarray, steps: int, stop_ids: list[int], 
     return rows, texts
 
 
+def _fetch(x: Array) -> np.ndarray:
+    """The value of `x` on this host; an array spread over several processes (a multi-host mesh)
+    is gathered from all of them (every process must call this together)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p, seed, stop, edits, stream,
                    chat, capture, labeler) -> Generation:
     """Implementation of `Model.generate` (see there)."""
@@ -262,8 +272,9 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
     else:
         prompt = model.encode(prompts, chat=chat, padding="left")
     pad_id = model.pad_token_id
-    prompt = model.place(left_pad(prompt, _round_up(prompt.tokens.shape[1], PROMPT_BUCKET), pad_id))
-    needed = int(jnp.max(prompt.positions[:, -1])) + 1 + max_new_tokens
+    prompt = left_pad(prompt, _round_up(prompt.tokens.shape[1], PROMPT_BUCKET), pad_id)
+    needed = int(jnp.max(prompt.positions[:, -1])) + 1 + max_new_tokens  # read before placing on a mesh
+    prompt = model.place(prompt)
     if needed > config.max_position_embeddings:
         raise ArgumentError(
             f"max_new_tokens: prompt ({needed - max_new_tokens} tokens) plus max_new_tokens ({max_new_tokens}) "
@@ -282,10 +293,10 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
             max_new_tokens=max_new_tokens, cache_size=cache_size, sampling=sampling,
             capture=capture, streaming=stream is not None,
         )
-        steps = int(steps)
+        steps = int(_fetch(steps))
     finally:
         _STREAM["fn"] = None
-    rows, texts = finish(model.tokenizer, np.asarray(tokens), steps, stop_ids, stop_strings)
+    rows, texts = finish(model.tokenizer, _fetch(tokens), steps, stop_ids, stop_strings)
     per_step = {name: value[:steps] for name, value in per_step.items()}
     return Generation(texts=texts, tokens=rows, prompt=prompt, captured_prefill=prefill, captured_steps=per_step)
 

@@ -18,14 +18,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
 
 from jaxinterp import cache, models
 from jaxinterp.converters import convert as convert_checkpoint
-from jaxinterp.converters import flatten, open_checkpoint, orbax_dir
+from jaxinterp.converters import flatten, open_checkpoint, orbax_dir, unflatten
 from jaxinterp.converters.tokenizers import load_tokenizer
 from jaxinterp.errors import ArgumentError
 from jaxinterp.images import ImageProcessor, load_image_processor
 from jaxinterp.model import Model
+from jaxinterp.sharding import parameter_specs, shard
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -37,16 +39,38 @@ def _dtype(dtype: str | Any) -> Any:
     return DTYPES[name]
 
 
-def _from_checkpoint(source: Any, dtype: Any, progress: bool) -> Model:
+class _Layout:
+    """Where loaded parameters go: the default device, or straight into their shards on a mesh."""
+
+    def __init__(self, mesh: Mesh | None, strategy: str, axis: str | None):
+        self.mesh, self.strategy, self.axis = mesh, strategy, axis
+
+    def shardings(self, config: Any, abstract: Any) -> dict[str, NamedSharding] | None:
+        """{flat parameter path: NamedSharding} of `config`'s parameters (None without a mesh)."""
+        if self.mesh is None:
+            return None
+        specs, _ = parameter_specs(config, abstract, dict(self.mesh.shape), self.strategy, axis=self.axis)
+        return {path: NamedSharding(self.mesh, spec) for path, spec in specs.items()}
+
+    def finish(self, model: Model) -> Model:
+        """The model with its batches placed on the mesh (its parameters already are)."""
+        return model if self.mesh is None else shard(model, self.mesh, self.strategy, axis=self.axis)
+
+
+def _from_checkpoint(source: Any, dtype: Any, progress: bool, layout: _Layout | None = None) -> Model:
     """A model converted in memory from a checkpoint (with its tokenizer and image processor)."""
+    layout = layout or _Layout(None, "data", None)
     checkpoint = open_checkpoint(source)
     config = models.config_from_hf(checkpoint.hf_config, source=checkpoint.config_source or checkpoint.description)
     expected = flatten(models.abstract_params(config, dtype))
-    params = convert_checkpoint(checkpoint, config, expected, dtype=dtype, progress=progress)
+    shardings = layout.shardings(config, unflatten(expected))
+    put = None if shardings is None else (lambda path, value: jax.device_put(value, shardings[path]))
+    params = convert_checkpoint(checkpoint, config, expected, dtype=dtype, progress=progress, put=put)
     processor = None
     if isinstance(source, (str, os.PathLike)):
         processor = load_image_processor(source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source)))
-    return Model(config, params, checkpoint.load_tokenizer(), source=checkpoint.description, processor=processor)
+    return layout.finish(Model(config, params, checkpoint.load_tokenizer(), source=checkpoint.description,
+                               processor=processor))
 
 
 def save(model: Model, destination: str | os.PathLike, *, source: str | None = None, source_hash: str | None = None) -> str:
@@ -77,10 +101,14 @@ def convert(source: Any, destination: str | os.PathLike, *, dtype: str = "float3
     return save(model, destination, source=described, source_hash=source_hash)
 
 
-def _restore(path: str, dtype: Any) -> Model:
+def _restore(path: str, dtype: Any, layout: _Layout) -> Model:
     manifest = orbax_dir.read_manifest(path)
     config = models.config_from_dict(manifest, source=os.path.join(path, orbax_dir.MANIFEST))
     saved = models.abstract_params(config, jnp.dtype(manifest["dtype"]))
+    shardings = layout.shardings(config, saved)
+    if shardings is not None:  # orbax restores each device's shards only
+        saved = unflatten({name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings[name])
+                           for name, x in flatten(saved).items()})
     params = orbax_dir.restore(path, saved)
     if jnp.dtype(manifest["dtype"]) != jnp.dtype(dtype):
         params = jax.tree.map(lambda x: x.astype(dtype), params)
@@ -88,20 +116,27 @@ def _restore(path: str, dtype: Any) -> Model:
     fields = manifest.get("image_processor")
     processor = None if fields is None else ImageProcessor(
         **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-    return Model(config, params, source=manifest.get("source", path), processor=processor,
-                 load_tokenizer=(lambda: load_tokenizer(folder)) if folder else None)
+    return layout.finish(Model(config, params, source=manifest.get("source", path), processor=processor,
+                               load_tokenizer=(lambda: load_tokenizer(folder)) if folder else None))
 
 
-def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = True) -> Model:
-    """Loads a model (see the module docstring); `dtype` is `float32` or `bfloat16`."""
+def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = True, mesh: Mesh | None = None,
+         strategy: str = "fsdp", axis: str | None = None) -> Model:
+    """Loads a model (see the module docstring); `dtype` is `float32` or `bfloat16`.
+
+    With `mesh`, every parameter goes straight into its shards as it is converted or restored
+    (`strategy` and `axis` as in `jaxinterp.shard`), so no device and no second host copy ever
+    holds the whole model: the result equals `shard(load(source), mesh, strategy)`.
+    """
     dtype = _dtype(dtype)
+    layout = _Layout(mesh, strategy, axis)
     if isinstance(source, str) and source in cache.BUILTINS:
         def build(src: str, dst: str, source_hash: str) -> None:
             convert(src, dst, progress=progress, source_hash=source_hash)
 
-        model = _restore(cache.cached_conversion(source, build), dtype)
+        model = _restore(cache.cached_conversion(source, build), dtype, layout)
         model.source = source
         return model
     if isinstance(source, (str, os.PathLike)) and orbax_dir.is_converted(source):
-        return _restore(os.fspath(source), dtype)
-    return _from_checkpoint(source, dtype, progress)
+        return _restore(os.fspath(source), dtype, layout)
+    return _from_checkpoint(source, dtype, progress, layout)

@@ -1,0 +1,64 @@
+"""Two processes joined by `jax.distributed` (CPU, gloo collectives, 2 devices each) run a sharded
+model and get the single-process results: `__call__`, `run` with captures, `grad`, `generate`, `sweep`."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from tests.isolated import finish, start_python
+
+WORKER = """
+    import os, sys, json
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize("localhost:PORT", num_processes=2, process_id=PROCESS, initialization_timeout=60)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from jax.sharding import Mesh
+    import jaxinterp as ji
+    from jaxinterp.models import init_params, make_batch
+    from jaxinterp.models.llama import LlamaConfig
+
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=8,
+                         num_kv_heads=4, head_dim=8)
+    model = ji.Model(config, init_params(config, jax.random.key(0)))  # the same weights in both processes
+    tokens = (np.arange(48).reshape(4, 12) * 7 % 128).astype(np.int32)
+    mesh = Mesh(np.array(jax.devices()).reshape(4, 1), ("data", "model"))
+    assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+    sharded = ji.shard(model, mesh, "fsdp")
+    out = {}
+    out["call"] = float(np.abs(gather(sharded(tokens)) - np.asarray(model(tokens))).max())
+    site = "blocks.1.resid_post"
+    out["run"] = float(np.abs(gather(sharded.run(tokens, capture=[site])[site])
+                              - np.asarray(model.run(tokens, capture=[site])[site])).max())
+    objective = lambda run: run.logits[:, -1].sum()
+    grad = lambda m: m.grad(objective, tokens, wrt="blocks.0.resid_mid")[1]["blocks.0.resid_mid"]
+    out["grad"] = float(np.abs(gather(grad(sharded)) - np.asarray(grad(model))).max())
+    prompt = make_batch(tokens[:, :6])
+    out["generate"] = sharded.generate(prompt, 5).tokens == model.generate(prompt, 5).tokens
+    def ablate(batch, head):
+        return sharded(batch, edits=ji.ScaleHead(layer=1, head=head, scale=0.0))[:, -1]
+    swept = ji.sweep(ablate, sharded.batch(tokens), np.arange(8), mesh=mesh, chunk_size=4, progress=False)
+    loop = np.stack([np.asarray(model(tokens, edits=ji.ScaleHead(layer=1, head=h, scale=0.0))[:, -1]) for h in range(8)])
+    out["sweep"] = float(np.abs(gather(swept) - loop).max())
+    print(json.dumps(out))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one():
+    port = _free_port()
+    children = [start_python(WORKER.replace("PORT", str(port)).replace("PROCESS", str(i))) for i in range(2)]
+    outputs = [json.loads(finish(child, timeout=300).strip().splitlines()[-1]) for child in children]
+    for out in outputs:
+        assert out["generate"] is True, out
+        for name in ("call", "run", "grad", "sweep"):
+            assert out[name] <= 1e-5, (name, out)

@@ -7,7 +7,7 @@ On a TPU pod slice, start this same script on every host (one process per host),
 
 `jax.distributed.initialize()` connects the processes (on Cloud TPU it needs no arguments);
 `jax.devices()` then lists the devices of every host, the mesh spans them all, and each
-process loads the model and calls `shard`. Every process runs the same jitted programs
+process loads the model straight into its shards (`load(..., mesh=...)`). Every process runs the same jitted programs
 (SPMD); only process 0 prints. Load a converted directory (`jaxinterp convert`) that every
 host can read. To try it on one machine: `--local` (simulate devices with
 `XLA_FLAGS=--xla_force_host_platform_device_count=8`).
@@ -36,7 +36,8 @@ def main() -> None:
 
     devices = np.array(jax.devices())
     mesh = Mesh(devices.reshape(-1, args.model_axis), ("data", "model"))
-    model = jaxinterp.shard(jaxinterp.load(args.model, progress=jax.process_index() == 0), mesh, args.strategy)
+    # each tensor goes straight into its shards: no device (and no second host copy) holds the whole model
+    model = jaxinterp.load(args.model, progress=jax.process_index() == 0, mesh=mesh, strategy=args.strategy)
     prompts = ["What is the capital of France?"] * mesh.shape["data"]
     out = model.generate(prompts, 16, chat=True)
     probs = model.run(prompts[0], capture="blocks.0.attn.probs")["blocks.0.attn.probs"]

@@ -109,6 +109,12 @@ def _emit(step, tokens, done):
         _STREAM["fn"](int(step), np.asarray(tokens), np.asarray(done))
 
 
+def empty_cache(config: Any, rows: int, size: int, dtype: Any) -> KVCache:
+    """An empty KV cache of `size` slots for `rows` sequences of a decoder `config`."""
+    return KVCache.empty(layers=config.num_layers, batch=rows, size=size, kv_heads=config.num_kv_heads,
+                         head_dim=config.head_dim, dtype=dtype)
+
+
 def decode_loop(
     config: Any,
     params: Any,
@@ -129,11 +135,7 @@ def decode_loop(
 ):
     """Prefill + decode; returns (tokens [B, N], steps run, prefill captures, per-step captures)."""
     batch_size = prompt.tokens.shape[0]
-    params_dtype = jax.tree.leaves(params)[0].dtype
-    cache = KVCache.empty(
-        layers=config.num_layers, batch=batch_size, size=cache_size,
-        kv_heads=config.num_kv_heads, head_dim=config.head_dim, dtype=params_dtype,
-    )
+    cache = empty_cache(config, batch_size, cache_size, jax.tree.leaves(params)[0].dtype)
     out, prefill_captured = models.forward(config, params, prompt, edits=edits, cache=cache, capture=capture)
 
     def step_forward(cache, tokens, positions, real, segments, steps):

@@ -22,8 +22,8 @@ from jaxinterp import models
 from jaxinterp.converters.chat_template import render_chat
 from jaxinterp.edits import Edit, compose
 from jaxinterp.errors import ArgumentError, NonFiniteError
-from jaxinterp.generate import Generation, Labeler, decode_loop, run_generation
-from jaxinterp.models import Batch, make_batch
+from jaxinterp.generate import Generation, Labeler, decode_loop, empty_cache, run_generation
+from jaxinterp.models import Batch, KVCache, make_batch
 from jaxinterp.models.batch import check_tokens
 from jaxinterp.models.sites import resolve, segment_id
 
@@ -41,15 +41,17 @@ class Run:
     captured: dict[str, Array]
     batch: Batch
     finite: dict[str, Array] | None = None
+    cache: KVCache | None = None
 
     def __getitem__(self, site: str) -> Array:
         return self.captured[site]
 
 
-def _run_forward(config, params, batch, edits, deltas, capture, check_finite=False, remat=False):
+def _run_forward(config, params, batch, edits, deltas, capture, check_finite=False, remat=False, cache=None):
     output, captured = models.forward(config, params, batch, edits=edits, deltas=deltas, capture=capture,
-                                      check_finite=check_finite, remat=remat)
-    return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch, finite=output.finite)
+                                      check_finite=check_finite, remat=remat, cache=cache)
+    return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch, finite=output.finite,
+               cache=output.cache)
 
 
 def _value_and_grad(config, params, batch, edits, deltas, capture, fn, check_finite=False, remat=False):
@@ -248,6 +250,7 @@ class Model:
         edits: Edit | Sequence[Edit] | None = (),
         deltas: Mapping[str, Array] | None = None,
         check_finite: bool = False,
+        cache: KVCache | None = None,
     ) -> Run:
         """Runs the model, returning logits and the activations at the sites matching `capture`.
 
@@ -258,15 +261,23 @@ class Model:
           deltas: site name -> array added at that site.
           check_finite: raise `NonFiniteError` naming the first site (in forward order) whose
             values hold a NaN or an infinity.
+          cache: a `KVCache` (see `empty_cache`) holding earlier tokens: the inputs continue them
+            (their positions must too) and attend every cached slot; `Run.cache` then holds
+            the inputs as well. Shared prefixes are run once this way.
         """
         names = self.resolve_capture(capture)
         if deltas:
             resolve(deltas, self.sites, argument="deltas")
         batch = self.batch(inputs)
-        run = self._forward(self.params, batch, self._edits(edits), deltas, capture=names, check_finite=check_finite)
+        run = self._forward(self.params, batch, self._edits(edits), deltas, capture=names, check_finite=check_finite,
+                            cache=cache)
         if check_finite:
             self._check_finite(run.finite, batch, "forward")
         return run
+
+    def empty_cache(self, rows: int, size: int) -> KVCache:
+        """An empty KV cache of `size` slots for `rows` sequences, in the parameters' dtype (for `run(cache=...)`)."""
+        return empty_cache(self.config, rows, size, jax.tree.leaves(self.params)[0].dtype)
 
     def _check_finite(self, finite: Mapping[str, Array], batch: Batch, what: str) -> None:
         """Raises NonFiniteError naming the first site, in forward order, flagged non-finite."""

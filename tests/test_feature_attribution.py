@@ -154,3 +154,14 @@ def test_captum_llm_attribution_agrees(method):
                                    orders=orders, progress=False)
     np.testing.assert_allclose(ours.values, theirs.detach().numpy().astype(np.float64), rtol=1e-4, atol=1e-5)
     assert np.abs(ours.values).max() > 1e-3
+
+
+@pytest.mark.parametrize("removal", ["baseline", "delete"])
+def test_shared_prefix_equals_full_recompute(removal):
+    """With chat=True the template's leading tokens run once into a KV cache; values equal recomputing all."""
+    kwargs = dict(features=["sat on", "mat"], chat=True, method="exact", removal=removal, progress=False)
+    shared = feature_attribution(_model(), PROMPT, ANSWER, **kwargs)
+    full = feature_attribution(_model(), PROMPT, ANSWER, share_prefix=False, **kwargs)
+    assert shared.shared_prefix > 2 and full.shared_prefix == 0
+    np.testing.assert_allclose(shared.values, full.values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([shared.full, shared.empty], [full.full, full.empty], rtol=1e-5, atol=1e-5)

@@ -16,11 +16,12 @@ last prompt position.
 
 Every coalition has the same token shape, so all of them are scored by one compiled program:
 `sweep` vmaps the perturbed forward over coalition masks in chunks fitted to `memory_budget`,
-and each distinct coalition is scored once (`shapley.Memo`). Estimators are those of
+and each distinct coalition is scored once (`shapley.Memo`); the tokens before the first feature
+(a system prompt, a chat template, unperturbed leading text) run once into a KV cache that every
+coalition continues. Estimators are those of
 `methods/shapley.py`; occlusion (`ablation`) gives v(all) - v(all without i), as Captum's
 `FeatureAblation`; `shapley` samples permutations (pass `orders` to fix them, e.g. the ones
-Captum's `ShapleyValueSampling` draws). Not yet implemented: reuse of a KV cache over the
-prefix that coalitions share (every coalition recomputes the whole prompt).
+Captum's `ShapleyValueSampling` draws). Not implemented: a prefix trie (coalitions that also share their leading features).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class FeatureAttribution:
         which never scores the empty coalition).
       method, removal: how the values were computed; evaluations: distinct coalitions scored.
       prompt_tokens: the token ids of the (rendered) prompt; answer_tokens: the answer's ids.
+      shared_prefix: leading prompt tokens computed once for every coalition (see `share_prefix`).
     """
 
     features: tuple[str, ...]
@@ -71,6 +73,7 @@ class FeatureAttribution:
     evaluations: int
     prompt_tokens: tuple[int, ...]
     answer_tokens: tuple[int, ...]
+    shared_prefix: int = 0
 
     def token_values(self) -> np.ndarray:
         """[prompt length] each feature's value spread evenly over its tokens (0 outside features)."""
@@ -104,6 +107,7 @@ def feature_attribution(
     antithetic: bool = False,
     seed: int = 0,
     max_new_tokens: int = 16,
+    share_prefix: bool = True,
     memory_budget: int | str = DEFAULT_BUDGET,
     progress: bool = True,
 ) -> FeatureAttribution:
@@ -123,6 +127,8 @@ def feature_attribution(
       orders: explicit [P, n] permutations for `shapley` (overrides `samples` and `seed`).
       antithetic: pair each `shapley` permutation with its reverse.
       seed: seed of the sampled methods.
+      share_prefix: run the tokens before the first feature once into a KV cache that every
+        coalition continues (False: every coalition recomputes the whole prompt; same values).
       memory_budget: bytes (or "2GB") for one chunk of coalitions (see `sweep`).
     """
     if method not in METHODS:
@@ -145,7 +151,8 @@ def feature_attribution(
     if removal == "delete" and method != "ablation" and np.all(feature_of[:len(ids)] >= 0):
         raise ArgumentError("removal: 'delete' leaves the empty coalition without any token; use removal='baseline' "
                             "or a prompt with tokens outside the features (a BOS token, a chat template)")
-    value_fn = _value_function(model, base, jnp.asarray(feature_of), score, removal, fill)
+    prefix = min(min(tokens) for tokens in members) if share_prefix else 0
+    value_fn = _value_function(model, base, feature_of, score, removal, fill, prefix)
 
     def value(masks: np.ndarray) -> np.ndarray:
         return np.asarray(sweep(value_fn, base, jnp.asarray(masks), memory_budget=memory_budget, progress=progress),
@@ -160,6 +167,7 @@ def feature_attribution(
         features=tuple(names), tokens=tuple(members), values=np.asarray(values, np.float64),
         stderr=np.asarray(stderr, np.float64), full=float(ends[0]), empty=float(ends[1]), method=method,
         removal=removal, evaluations=memo.evaluations, prompt_tokens=tuple(ids), answer_tokens=tuple(answer),
+        shared_prefix=prefix,
     )
 
 
@@ -230,10 +238,19 @@ def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
     return list(answer), log_probability
 
 
-def _value_function(model: Any, base: Batch, feature_of: Array, score: Callable, removal: str,
-                    fill: int) -> Callable[[Batch, Array], Array]:
-    """fn(batch, coalition [n] bool) -> the target's score of the perturbed prompt (traceable)."""
+def _value_function(model: Any, base: Batch, feature_of: np.ndarray, score: Callable, removal: str,
+                    fill: int, prefix: int) -> Callable[[Batch, Array], Array]:
+    """fn(batch, coalition [n] bool) -> the target's score of the perturbed prompt (traceable).
+
+    The first `prefix` slots hold no feature, so they are the same in every coalition: they run
+    once into a KV cache, and each coalition runs only the slots after them on that cache.
+    """
     slots = jnp.arange(feature_of.shape[0])
+    last_logits = None
+    if prefix:
+        shared = model.run(jax.tree.map(lambda x: x[:, :prefix], base), cache=model.empty_cache(1, len(feature_of)))
+        cache, last_logits = shared.cache, shared.logits[:, -1:]
+    feature_of = jnp.asarray(feature_of)
 
     def value(batch: Batch, coalition: Array) -> Array:
         chex.assert_rank(coalition, 1)
@@ -247,7 +264,11 @@ def _value_function(model: Any, base: Batch, feature_of: Array, score: Callable,
         # slot j is predicted by the last kept slot before it (a deleted token predicts nothing)
         last_kept = jax.lax.cummax(jnp.where(kept, slots, 0))
         predictors = jnp.concatenate([jnp.zeros(1, slots.dtype), last_kept[:-1]])
-        return score(model(batch), batch.tokens, predictors)[0]
+        if not prefix:
+            return score(model(batch), batch.tokens, predictors)[0]
+        rest = jax.tree.map(lambda x: x[:, prefix:], batch)
+        logits = jnp.concatenate([last_logits, model.run(rest, cache=cache).logits], axis=1)  # from slot prefix - 1
+        return score(logits, batch.tokens, jnp.maximum(predictors - (prefix - 1), 0))[0]
 
     return value
 

@@ -143,6 +143,131 @@ class SetHead(Edit):
         return jnp.where(hit, jnp.broadcast_to(jnp.asarray(self.value, x.dtype), x.shape), x)
 
 
+# Sites whose token axis is not the second: attention maps are [B, H, T, S]; every other site
+# with heads is [B, T, H, ...].
+_HEADS_FIRST = ("attn.scores", "attn.probs")
+
+
+def _selection(x: Array, ctx: Context, positions: Array | None, heads: Array | None) -> Array | None:
+    """Boolean mask broadcastable to `x`: the query tokens whose absolute position is in `positions`
+    and the heads in `heads` (None: all of them); None when nothing narrows the selection."""
+    time_axis, head_axis = _axes(ctx)
+    hit = None
+    if positions is not None:
+        wanted = jnp.atleast_1d(jnp.asarray(positions))
+        rows = jnp.any(ctx.positions[..., None] == wanted, axis=-1)  # [B, T]
+        hit = jnp.expand_dims(rows, [a for a in range(1, x.ndim) if a != time_axis])
+    if heads is not None:
+        chosen = jnp.expand_dims(_head_mask(heads, x.shape[head_axis]), [a for a in range(x.ndim) if a != head_axis])
+        hit = chosen if hit is None else hit & chosen
+    return hit
+
+
+def _axes(ctx: Context) -> tuple[int, int]:
+    """(token axis, head axis) of the site `ctx` describes."""
+    return (2, 1) if ctx.site.endswith(_HEADS_FIRST) else (1, 2)
+
+
+def _at_positions(x: Array, value: Array, ctx: Context) -> tuple[Array, Array | None]:
+    """`value` laid out like `x`, and where it is defined (None: everywhere).
+
+    A value with the site's rank and a token axis longer than one holds position p at index p
+    along that axis (the layout of a run on unpadded or right-padded inputs); it is gathered at
+    each token's absolute position, so it also fits a left-padded or bucketed prompt.
+    """
+    time_axis, _ = _axes(ctx)
+    if value.ndim == x.ndim and value.shape[time_axis] > 1:
+        length = value.shape[time_axis]
+        index = jnp.clip(ctx.positions, 0, length - 1)  # [B, T]
+        index = jnp.expand_dims(index, [a for a in range(1, x.ndim) if a != time_axis])
+        value = jnp.take_along_axis(value, jnp.broadcast_to(index, index.shape[:time_axis + 1] + value.shape[time_axis + 1:]),
+                                    axis=time_axis)
+        defined = jnp.expand_dims(ctx.positions < length, [a for a in range(1, x.ndim) if a != time_axis])
+        return value, defined
+    return value, None
+
+
+def _write(x: Array, value: Array, hit: Array | None, alpha: Array | float | None, ctx: Context) -> Array:
+    """`x` with `value` written where `hit` (everywhere when None), blended by `alpha` (None: replaced)."""
+    value, defined = _at_positions(x, jnp.asarray(value), ctx)
+    try:
+        fits = jnp.broadcast_shapes(value.shape, x.shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ArgumentError(f"value at site {ctx.site!r}: expected a shape that broadcasts to the site's "
+                            f"{x.shape} (or the site over positions 0..P-1), found {value.shape}")
+    hit = defined if hit is None else hit if defined is None else hit & defined
+    value = jnp.broadcast_to(value.astype(x.dtype), x.shape)
+    new = value if alpha is None else x + jnp.asarray(alpha, x.dtype) * (value - x)
+    return new if hit is None else jnp.where(hit, new, x)
+
+
+@struct.dataclass
+class Patch(Edit):
+    """Writes `value` into site `site` at `positions` and `heads`: activation patching.
+
+        clean = model.run(clean_text, capture=["blocks.3.resid_pre"])
+        model.run(corrupted_text, edits=Patch("blocks.3.resid_pre", clean["blocks.3.resid_pre"], positions=4))
+
+    `value` is the site over token positions 0..P-1 ([B, P, ...], as captured by a run of
+    unpadded or right-padded inputs; each token takes the entry of its absolute position, and
+    tokens at positions >= P are left alone) or broadcasts to the site (a [D] vector, a [Dh]
+    head output). `positions` holds absolute
+    token positions (`ctx.positions`; an int or an int array, None = every token) and `heads`
+    head indices (None = every head; for sites with a head axis only). With `alpha` the site
+    becomes x + alpha (value - x) at the selection, interpolating between the run's own value
+    (0) and `value` (1); without it the value is written exactly. `value`, `positions`,
+    `heads` and `alpha` are array leaves: new ones reuse the compiled program.
+
+    In `generate`, the prompt is written at prefill; decode steps leave the new tokens as they
+    are (`value` describes the prompt), and they see the patched prompt through the KV cache.
+    """
+
+    site: str = struct.field(pytree_node=False)
+    value: Array = None
+    positions: Array | int | None = None
+    heads: Array | int | None = None
+    alpha: Array | float | None = None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (self.site,)
+
+    def __call__(self, x: Array, ctx: Context) -> Array:
+        if ctx.decoding:
+            return x
+        return _write(x, self.value, _selection(x, ctx, self.positions, self.heads), self.alpha, ctx)
+
+
+@struct.dataclass
+class PatchLayer(Edit):
+    """`Patch` at `blocks.{layer}.{site}` with the layer as data, so a sweep over layers is one program.
+
+    `values` stacks the site over every block ([L, ...], e.g. the captures of a clean run at
+    `blocks.*.{site}`); only block `layer` (an int leaf) is written, with `values[layer]`, at
+    `positions` and `heads`, blended by `alpha` as in `Patch`. Decode steps are left alone.
+    """
+
+    site: str = struct.field(pytree_node=False)
+    values: Array = None
+    layer: Array | int = 0
+    positions: Array | int | None = None
+    heads: Array | int | None = None
+    alpha: Array | float | None = None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (f"blocks.*.{self.site}",)
+
+    def __call__(self, x: Array, ctx: Context) -> Array:
+        if ctx.decoding:
+            return x
+        here = jnp.asarray(self.layer) == ctx.layer
+        selected = _selection(x, ctx, self.positions, self.heads)
+        return _write(x, self.values[ctx.layer], here if selected is None else here & selected, self.alpha, ctx)
+
+
 @struct.dataclass
 class PatternFromScores(Edit):
     """Replaces the attention probabilities of `layers` by `fn(scores, ctx)`.

@@ -1,0 +1,164 @@
+"""Activation-writing edits and patching: grids against explicit per-cell loops, attribution against the
+hand-derived first-order term, figures and errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxinterp as ji
+from jaxinterp import patching
+from jaxinterp.edits import Patch, PatchLayer
+from tests.attention_fixtures import tiny_decoder
+
+CLEAN = np.array([[3, 9, 14, 21, 5, 11, 7]], np.int32)
+CORRUPTED = CLEAN.copy()
+CORRUPTED[0, 2] = 40
+METRIC = patching.logit_diff(5, 7)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_decoder(layers=2)
+
+
+def cell_loop(model, site, grid, *, source, target):
+    """The grid by hand: one forward per cell with a `Patch` at that cell's site."""
+    captured = model.run(source, capture=[f"blocks.*.{site}"])
+    out = np.zeros(grid.shape, np.float32)
+    for index in np.ndindex(*grid.shape):
+        cell = dict(zip(grid.axes, index))
+        name = f"blocks.{cell['layer']}.{site}"
+        edit = Patch(name, captured[name], positions=cell.get("position"), heads=cell.get("head"))
+        out[index] = float(METRIC(model.run(target, edits=edit)))
+    return out
+
+
+def test_patch_writes_the_selection_only(model):
+    clean = model.run(CLEAN, capture=["blocks.1.attn.head_out", "blocks.0.resid_pre"])
+    value = clean["blocks.1.attn.head_out"]
+    got = model.run(CORRUPTED, capture=["blocks.1.attn.head_out"],
+                    edits=Patch("blocks.1.attn.head_out", value, positions=jnp.array([2, 4]), heads=1))
+    before = model.run(CORRUPTED, capture=["blocks.1.attn.head_out"])["blocks.1.attn.head_out"]
+    expected = np.asarray(before).copy()
+    expected[:, [2, 4], 1] = np.asarray(value)[:, [2, 4], 1]
+    np.testing.assert_array_equal(np.asarray(got["blocks.1.attn.head_out"]), expected)
+    # everything written at the first site: the corrupted run becomes the clean one
+    whole = model(CORRUPTED, edits=Patch("blocks.0.resid_pre", clean["blocks.0.resid_pre"]))
+    np.testing.assert_allclose(np.asarray(whole), np.asarray(clean.logits), atol=1e-6)
+
+
+def test_patch_interpolates_with_alpha(model):
+    clean = model.run(CLEAN, capture=["blocks.1.resid_mid"])["blocks.1.resid_mid"]
+    corrupted = model.run(CORRUPTED, capture=["blocks.1.resid_mid"])["blocks.1.resid_mid"]
+    for alpha in (0.0, 0.25, 1.0):
+        got = model.run(CORRUPTED, capture=["blocks.1.resid_mid"],
+                        edits=Patch("blocks.1.resid_mid", clean, alpha=jnp.float32(alpha)))["blocks.1.resid_mid"]
+        np.testing.assert_allclose(np.asarray(got), np.asarray(corrupted + alpha * (clean - corrupted)), atol=1e-6)
+
+
+def test_patch_in_grad_and_sweep(model):
+    clean = model.run(CLEAN, capture=["blocks.1.resid_pre"])["blocks.1.resid_pre"]
+    edit = Patch("blocks.1.resid_pre", clean, positions=3)
+    _, grads = model.grad(METRIC, CORRUPTED, wrt=["blocks.0.resid_post"], edits=edit)
+    # block 0's output at token 3 flows only into the written token of block 1's input
+    assert not np.any(np.asarray(grads["blocks.0.resid_post"])[:, 3])
+    assert np.any(np.asarray(grads["blocks.0.resid_post"])[:, 2])
+    swept = ji.sweep(lambda batch, p: METRIC(model.run(batch, edits=Patch("blocks.1.resid_pre", clean, positions=p))),
+                     model.batch(CORRUPTED), jnp.arange(7), progress=False)
+    looped = [float(METRIC(model.run(CORRUPTED, edits=Patch("blocks.1.resid_pre", clean, positions=p)))) for p in range(7)]
+    np.testing.assert_allclose(np.asarray(swept), looped, atol=1e-5)
+
+
+def test_patch_in_generate_writes_the_prompt(model):
+    clean = model.run(CLEAN, capture=["blocks.0.resid_pre"])["blocks.0.resid_pre"]
+    patched = model.generate(ji.make_batch(CORRUPTED), 5, edits=Patch("blocks.0.resid_pre", clean))
+    np.testing.assert_array_equal(patched.tokens, model.generate(ji.make_batch(CLEAN), 5).tokens)
+
+
+def test_patch_layer_equals_patch(model):
+    captured = model.run(CLEAN, capture=["blocks.*.mlp.out"])
+    stack = jnp.stack([captured[f"blocks.{i}.mlp.out"] for i in range(2)])
+    for layer in range(2):
+        one = model(CORRUPTED, edits=Patch(f"blocks.{layer}.mlp.out", captured[f"blocks.{layer}.mlp.out"], positions=2))
+        np.testing.assert_array_equal(np.asarray(model(CORRUPTED, edits=PatchLayer("mlp.out", stack, layer, positions=2))),
+                                      np.asarray(one))
+
+
+@pytest.mark.parametrize("site, per_position", [(s, None) for s in patching.SITES] + [("attn.head_out", True)])
+def test_grid_equals_cell_loop(model, site, per_position):
+    result = patching.activation_patching(model, CLEAN, CORRUPTED, METRIC, site=site, per_position=per_position,
+                                          chunk_size=5)
+    grid = patching.grid.grid_for(model, model.batch(CORRUPTED), site, per_position)
+    assert result.axes == grid.axes and result.values.shape == grid.shape
+    np.testing.assert_allclose(result.values, cell_loop(model, site, grid, source=CLEAN, target=CORRUPTED), atol=1e-5)
+    assert result.clean == pytest.approx(float(METRIC(model.run(CLEAN))))
+    assert result.corrupted == pytest.approx(float(METRIC(model.run(CORRUPTED))))
+
+
+def test_noising_grid_equals_cell_loop(model):
+    result = patching.activation_patching(model, CLEAN, CORRUPTED, METRIC, site="resid_mid", noising=True)
+    grid = patching.grid.grid_for(model, model.batch(CLEAN), "resid_mid", None)
+    np.testing.assert_allclose(result.values, cell_loop(model, "resid_mid", grid, source=CORRUPTED, target=CLEAN), atol=1e-5)
+    np.testing.assert_allclose(result.values[:, 0], result.clean, atol=1e-6)  # position 0 is the same in both runs
+
+
+@pytest.mark.parametrize("site", ["resid_pre", "attn.head_out"])
+def test_attribution_is_the_first_order_term(model, site):
+    """d/dalpha metric(x + alpha (clean - x) at the cell) at alpha = 0, through the interpolating edit."""
+    result = patching.attribution_patching(model, CLEAN, CORRUPTED, METRIC, site=site)
+    captured = model.run(CLEAN, capture=[f"blocks.*.{site}"])
+    for index in [(0, 2), (1, 3), (1, 1)]:
+        cell = dict(zip(result.axes, index))
+        name = f"blocks.{cell['layer']}.{site}"
+
+        def patched(alpha):
+            edit = Patch(name, captured[name], positions=cell.get("position"), heads=cell.get("head"), alpha=alpha)
+            return METRIC(model.run(CORRUPTED, edits=edit))
+
+        first_order = float(jax.grad(patched)(jnp.float32(0.0)))
+        assert result.values[index] - result.corrupted == pytest.approx(first_order, abs=1e-5)
+
+
+def test_result_json_and_figures(model, tmp_path):
+    positions = patching.activation_patching(model, CLEAN, CORRUPTED, patching.target_probability(5))
+    heads = patching.attribution_patching(model, CLEAN, CORRUPTED, METRIC, site="attn.head_out")
+    data = json.loads(json.dumps(positions.to_json()))
+    assert data["axes"] == ["layer", "position"] and len(data["labels"]["position"]) == 7
+    np.testing.assert_allclose(np.asarray(data["normalised"]),
+                               (positions.values - positions.corrupted) / (positions.clean - positions.corrupted), rtol=1e-5)
+    assert positions.metric == "target probability" and 0 < positions.clean < 1
+    for result, name in ((positions, "positions.png"), (heads, "heads.png")):
+        result.figure(tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_errors_name_the_argument(model):
+    with pytest.raises(ji.ArgumentError, match="clean, corrupted: expected inputs of one shape"):
+        patching.activation_patching(model, CLEAN, CORRUPTED[:, :5], METRIC)
+    with pytest.raises(ji.ArgumentError, match="site: expected one of"):
+        patching.activation_patching(model, CLEAN, CORRUPTED, METRIC, site="attn.probs")
+    with pytest.raises(ji.ArgumentError, match=r"value at site 'blocks.0.resid_pre'.*found \(3,\)"):
+        model(CORRUPTED, edits=Patch("blocks.0.resid_pre", jnp.zeros(3)))
+    with pytest.raises(ji.ArgumentError, match="answer: expected a token id"):
+        patching.logit_diff(1.5, 2)
+
+
+@pytest.mark.slow
+def test_smollm2_grid_cells_equal_cell_loop(smollm2):
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupted = "When Mary and John went to the store, Mary gave a drink to"
+    mary, john = (smollm2.tokenizer(" " + name)["input_ids"][0] for name in ("Mary", "John"))
+    metric = patching.logit_diff(mary, john)
+    result = patching.activation_patching(smollm2, clean, corrupted, metric, site="resid_pre")
+    captured = smollm2.run(clean, capture=["blocks.*.resid_pre"])
+    assert result.values.shape == (30, len(smollm2.encode(clean).tokens[0]))
+    for layer, position in [(0, 9), (12, 9), (29, 15), (5, 3)]:
+        name = f"blocks.{layer}.resid_pre"
+        expected = float(metric(smollm2.run(corrupted, edits=Patch(name, captured[name], positions=position))))
+        assert result.values[layer, position] == pytest.approx(expected, abs=1e-5)
+    assert result.clean > result.corrupted

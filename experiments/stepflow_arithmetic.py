@@ -4,11 +4,14 @@
 
 The same problems and prompts as the Step-Saliency experiment, greedy, 96 new tokens, chat
 template. StepFlow uses the spec's defaults (tau_max 0.15, alpha 0.06, OEB on the bottom
-quarter of the 30 blocks, SMI on every block of the top quarter, whole-step mean) driven by
+quarter of the 30 blocks) with each SMI variant: `reference` (the released code: the first block
+of the top quarter, the previous step's last 4 tokens) and `all_deep_whole_step` (every block of
+the top quarter, the whole previous step's mean), driven by
 `TraceLabeler`: SmolLM2 has no thinking tag, so every generated token is thinking until the
 marker " answer is", after which tokens are summary; a token ending in "." or a newline
-closes a step of at least 4 tokens. Reports accuracy on / off, the flips each way, an exact
-McNemar p-value, and how many tokens changed. Writes results.json and accuracy.png.
+closes a step of at least 4 tokens. Reports accuracy with bootstrap 95% intervals, and per
+variant the paired difference against off, the flips each way, an exact McNemar p-value, and
+how many completions changed. Writes results.json and accuracy.png.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from scipy import stats
 
 import jaxinterp
 from experiments import arithmetic_traces as traces
+from experiments.intervals import bootstrap_mean, paired_difference
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.methods import stepflow as sf
 
@@ -38,31 +42,37 @@ def main() -> None:
                               summary_marker=sf.marker(tokenizer, " answer is"), thinking_marker=sf.marker(tokenizer, ""))
     items = traces.problems(args.problems, args.seed)
     prompts = [traces.prompt(p) for p in items]
-    runs = {}
-    for label, edits in (("off", ()), ("on", sf.stepflow(model.config.num_layers))):
-        print(f"generating with StepFlow {label}")
-        runs[label] = model.generate(prompts, args.new_tokens, chat=True, labeler=labeler, edits=edits)
+    runs = {"off": model.generate(prompts, args.new_tokens, chat=True, labeler=labeler)}
+    for variant in sf.SMI_VARIANTS:
+        print(f"generating with StepFlow, SMI {variant}")
+        runs[variant] = model.generate(prompts, args.new_tokens, chat=True, labeler=labeler,
+                                       edits=sf.stepflow(model.config.num_layers, variant=variant))
     right = {k: np.array([traces.correct(p, t) for p, t in zip(items, run.texts)]) for k, run in runs.items()}
-    fixed = int(np.sum(~right["off"] & right["on"]))
-    broken = int(np.sum(right["off"] & ~right["on"]))
-    mcnemar = stats.binomtest(fixed, fixed + broken).pvalue if fixed + broken else 1.0
-    changed = [a != b for a, b in zip(runs["off"].tokens, runs["on"].tokens)]
-    results = {
-        "model": "smollm2", "problems": len(items), "settings": {"tau_max": 0.15, "alpha": 0.06, "window": None},
-        "accuracy_off": float(right["off"].mean()), "accuracy_on": float(right["on"].mean()),
-        "fixed": fixed, "broken": broken, "mcnemar_exact_p": float(mcnemar),
-        "completions_changed": int(np.sum(changed)),
-        "examples": [{"problem": p.story, "answer": p.answer, "off": a, "on": b}
-                     for p, a, b, c in zip(items, runs["off"].texts, runs["on"].texts, changed) if c][:8],
-    }
+    results = {"model": "smollm2", "problems": len(items), "settings": {"tau_max": 0.15, "alpha": 0.06},
+               "accuracy": {k: bootstrap_mean(v) for k, v in right.items()}, "variants": {}}
+    for variant in sf.SMI_VARIANTS:
+        fixed, broken = int(np.sum(~right["off"] & right[variant])), int(np.sum(right["off"] & ~right[variant]))
+        changed = [a != b for a, b in zip(runs["off"].tokens, runs[variant].tokens)]
+        layers, window = sf.smi_configuration(model.config.num_layers, variant)
+        results["variants"][variant] = {
+            "smi_layers": list(layers), "window": window, "difference": paired_difference(right["off"], right[variant]),
+            "fixed": fixed, "broken": broken,
+            "mcnemar_exact_p": float(stats.binomtest(fixed, fixed + broken).pvalue) if fixed + broken else 1.0,
+            "completions_changed": int(np.sum(changed)),
+            "examples": [{"problem": p.story, "answer": p.answer, "off": a, "on": b}
+                         for p, a, b, c in zip(items, runs["off"].texts, runs[variant].texts, changed) if c][:4]}
     save_json(folder, results)
-    fig, ax = plt.subplots(figsize=(4, 3))
-    ax.bar(["StepFlow off", "StepFlow on"], [results["accuracy_off"], results["accuracy_on"]], color=["grey", "tab:blue"])
-    ax.set_ylabel("accuracy")
+    fig, ax = plt.subplots(figsize=(5, 3))
+    means = [results["accuracy"][k]["mean"] for k in runs]
+    errors = np.array([[m - results["accuracy"][k]["ci95"][0], results["accuracy"][k]["ci95"][1] - m]
+                       for m, k in zip(means, runs)]).T
+    ax.bar(list(runs), means, yerr=errors, capsize=4, color=["grey", "tab:blue", "tab:orange"])
+    ax.set_ylabel("accuracy (95% bootstrap interval)")
     ax.set_title(f"SmolLM2, {len(items)} arithmetic word problems", fontsize=9)
     save_figure(fig, folder, "accuracy.png")
-    print(f"accuracy off {results['accuracy_off']:.3f} on {results['accuracy_on']:.3f}; fixed {fixed}, broken {broken}, "
-          f"McNemar p {mcnemar:.3f}; {results['completions_changed']} completions changed")
+    for variant, found in results["variants"].items():
+        print(f"{variant}: accuracy {results['accuracy'][variant]['mean']:.3f} vs off {results['accuracy']['off']['mean']:.3f};"
+              f" fixed {found['fixed']}, broken {found['broken']}, McNemar p {found['mcnemar_exact_p']:.3f}")
 
 
 if __name__ == "__main__":

@@ -110,3 +110,71 @@ def test_stepflow_at_strength_zero_is_plain_generation(tiny):
     on = tiny.generate(_prompt(), 24, labeler=_labeler(), edits=sf.stepflow(4, tau_max=0.9, alpha=20.0))
     assert off.tokens == plain.tokens
     assert on.tokens != plain.tokens  # the same edits at full strength do act
+
+
+def test_stepflow_defaults_to_the_released_configuration_and_names_the_variant():
+    oeb, smi = sf.stepflow(8)
+    assert (oeb.layers, smi.layers, smi.window) == ((0, 1), (6,), 4)
+    _, variant = sf.stepflow(8, variant="all_deep_whole_step")
+    assert (variant.layers, variant.window) == ((6, 7), None)
+    with pytest.raises(ji.ArgumentError, match="variant"):
+        sf.stepflow(8, variant="paper")
+
+
+def _labels(labeler, prompt, tokens):
+    """The (segments, steps) the labeler gives the generated tokens, replayed outside the loop."""
+    state, segments, steps = labeler.init(prompt), [], []
+    for token in tokens:
+        state, segment, step = labeler.label(state, jnp.array([token]))
+        segments.append(int(segment[0]))
+        steps.append(int(step[0]))
+    return segments, steps
+
+
+@pytest.mark.parametrize("variant", sf.SMI_VARIANTS)
+def test_cached_decoding_equals_recomputing_the_whole_sequence(tiny, variant):
+    """Each decode step's logits (edits on its one new row, over the cached keys) equal the
+    logits of one full forward over prompt + generated tokens with the edits on every row."""
+    labeler = _labeler(min_step_tokens=2).replace(boundary=jnp.arange(VOCAB) % 2 == 0)  # even tokens end steps
+    edits = sf.stepflow(4, tau_max=0.9, alpha=5.0, variant=variant)
+    run = tiny.generate(_prompt(), 16, labeler=labeler, edits=edits, capture=["logits"])
+    generated = run.tokens[0]
+    segments, steps = _labels(labeler, _prompt(), generated)
+    assert len(set(steps)) > 2  # several step boundaries, so SMI fires
+    tokens = np.concatenate([np.asarray(_prompt().tokens[0]), generated])[None]
+    batch = make_batch(tokens.astype(np.int32), segments=np.array([[segment_id("prompt")] * 8 + segments]),
+                       steps=np.array([[0] * 8 + steps]))
+    everywhere = tuple(edit.replace(decode_only=False) for edit in edits)
+    full = np.asarray(tiny(batch, edits=everywhere))[0]
+    cached = np.asarray(run.captured_steps["logits"])[: len(generated) - 1, 0, 0]
+    np.testing.assert_allclose(cached, full[8:-1], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(run.captured_prefill["logits"])[0, -1], full[7], atol=2e-5)
+    assert not np.allclose(full, np.asarray(tiny(batch)))  # the edits act
+
+
+def test_bridge_groups_thinking_to_prompt_and_summary_to_thinking(tiny):
+    """Known groups: a thinking query's bridge is the prompt, its current group thinking; a summary
+    query's bridge is thinking, its current group summary, the prompt untouched; prompt queries unedited."""
+    p, t, s = segment_id("prompt"), segment_id("thinking"), segment_id("summary")
+    segments = np.array([[p, p, p, t, t, t, t, s, s, s]])
+    batch = make_batch(np.arange(1, 11, dtype=np.int32)[None], segments=segments)
+    site = "blocks.0.attn.scores"
+    plain = np.asarray(tiny.run(batch, capture=[site])[site])[0]
+    edit = sf.OddsEqualBridge(layers=(0,), tau_max=0.9, decode_only=False)
+    shift = np.asarray(tiny.run(batch, capture=[site], edits=edit)[site])[0] - plain  # [H, T, S]
+    np.testing.assert_array_equal(shift[:, :3], 0.0)
+    groups = {t: ([0, 1, 2], [3, 4, 5, 6]), s: ([3, 4, 5, 6], [7, 8, 9])}  # (bridge, current) keys
+    for query in range(3, 10):
+        bridge, current = (np.array([k for k in g if k <= query]) for g in groups[segments[0, query]])
+        for head in range(4):
+            z = plain[head, query, : query + 1]
+            prob = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            p_b, p_s = prob[bridge].sum(), prob[current].sum()
+            tau_b = min(np.sqrt(len(bridge) / (len(bridge) + len(current))), 0.9)
+            tau_b = np.clip(tau_b, 1e-6, p_b + p_s - 1e-6)
+            fires = p_b < tau_b
+            want = np.zeros(query + 1)
+            want[bridge] = np.log(tau_b / p_b) if fires else 0.0
+            want[current] = np.log((p_b + p_s - tau_b) / p_s) if fires else 0.0
+            np.testing.assert_allclose(shift[head, query, : query + 1], want, atol=2e-5)
+    assert np.abs(shift[:, 3:]).max() > 0.1  # the bridge does fire

@@ -10,10 +10,14 @@ token inside the decode loop, and the labels reach the edits through `Context.se
 - `bridge_projection` is the closed-form KL projection of Eqs. 5-8 on one attention row.
 - `OddsEqualBridge` applies it on `attn.scores` of shallow layers.
 - `StepMomentum` adds alpha * mean(previous step's values) to `attn.head_out` at the first
-  token of each new step in deep layers (the paper's whole-step mean, or the released
-  code's last-W-tokens window).
-- `stepflow` builds both with the spec's defaults (tau_max 0.15, alpha 0.06, bottom /
-  top quarter of the layers).
+  token of each new step (the released code's last-W-tokens window, W = 4, or the paper
+  notes' whole-step mean).
+- `stepflow` builds both with the spec's defaults (tau_max 0.15, alpha 0.06, OEB on the
+  bottom quarter). SMI's `variant`: `reference` (default), the released code's configuration
+  for which alpha was tuned: one layer, the first of the top quarter (its pending window is
+  consumed by the first deep layer that runs), a 4-token window; `all_deep_whole_step`,
+  every top-quarter layer with the whole previous step's mean, a reading of the paper's
+  wording the authors never ran.
 """
 
 from __future__ import annotations
@@ -181,14 +185,15 @@ class StepMomentum(Edit):
     """SMI on `attn.head_out` of `layers` (spec E): at the first token of a new step, every head
     gets + alpha * mean of its values over the previous step.
 
-    `window` None averages the whole previous step (the paper's m_prev); an int W averages its
-    last W tokens (the released code, W = 4). `phases` are the segments where steps count
-    (the code: thinking only). `decode_only` as in `OddsEqualBridge`.
+    `window` an int W averages the previous step's last W tokens (the released code, W = 4,
+    the default); None averages the whole previous step (the paper notes' m_prev). `phases`
+    are the segments where steps count (the code: thinking only). `decode_only` as in
+    `OddsEqualBridge`.
     """
 
     layers: tuple[int, ...] = struct.field(pytree_node=False)
     alpha: Array | float = 0.06
-    window: int | None = struct.field(pytree_node=False, default=None)
+    window: int | None = struct.field(pytree_node=False, default=4)
     phases: tuple[str, ...] = struct.field(pytree_node=False, default=("thinking",))
     decode_only: bool = struct.field(pytree_node=False, default=True)
 
@@ -214,24 +219,37 @@ class StepMomentum(Edit):
         return x + (self.alpha * first[..., None, None] * mean).astype(x.dtype)
 
 
+SMI_VARIANTS = ("reference", "all_deep_whole_step")
+
+
+def smi_configuration(num_layers: int, variant: str) -> tuple[tuple[int, ...], int | None]:
+    """(SMI layers, window) of a named variant (see the module docstring)."""
+    if variant == "reference":
+        return deep_layers(num_layers)[:1], 4
+    if variant == "all_deep_whole_step":
+        return deep_layers(num_layers), None
+    raise ArgumentError(f"variant: expected one of {SMI_VARIANTS}, found {variant!r}")
+
+
 def stepflow(
     num_layers: int,
     *,
     tau_max: float = 0.15,
     alpha: float = 0.06,
     oeb_layers: Sequence[int] | None = None,
+    variant: str = "reference",
     smi_layers: Sequence[int] | None = None,
-    window: int | None = None,
     strength: float = 1.0,
 ) -> tuple[OddsEqualBridge, StepMomentum]:
     """StepFlow = OEB in the shallow layers + SMI in the deep layers (spec E.4).
 
-    Defaults from the spec's Table 8: tau_max 0.15, alpha 0.06, OEB on the bottom quarter and
-    SMI on every block of the top quarter (the paper's "deep layers"; the released code
-    injects in the first of them only - pass `smi_layers=(first,)` for that). `strength`
-    scales both (0 = plain generation).
+    Defaults from the spec's Table 8: tau_max 0.15, alpha 0.06, OEB on the bottom quarter;
+    SMI by `variant` (`reference`: the first top-quarter layer, a 4-token window, as the
+    released code; `all_deep_whole_step`: every top-quarter layer, the whole previous step),
+    `smi_layers` overriding the variant's layers. `strength` scales both (0 = plain generation).
     """
+    layers, window = smi_configuration(num_layers, variant)
     oeb = OddsEqualBridge(layers=tuple(oeb_layers or shallow_layers(num_layers)), tau_max=tau_max,
                           strength=strength)
-    smi = StepMomentum(layers=tuple(smi_layers or deep_layers(num_layers)), alpha=alpha * strength, window=window)
+    smi = StepMomentum(layers=tuple(smi_layers or layers), alpha=alpha * strength, window=window)
     return oeb, smi

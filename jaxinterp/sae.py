@@ -1,0 +1,150 @@
+"""Sparse autoencoders in the SAELens format: load, encode a site, splice the reconstruction back.
+
+A directory holds `cfg.json` and `sae_weights.safetensors` with W_enc [d_in, d_sae],
+b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] and, for JumpReLU, threshold [d_sae].
+With the SAELens conventions:
+
+    pre = (x - b_dec if apply_b_dec_to_input else x) @ W_enc + b_enc
+    f   = relu(pre)                              standard (ReLU)
+          relu(pre) * (pre > threshold)          jumprelu
+          relu(pre) on the k largest of pre      topk (k from `k` or `activation_fn_kwargs`)
+    x^  = f @ W_dec + b_dec
+
+`hook_name` (a TransformerLens hook such as `blocks.8.hook_resid_pre`) names the site the
+SAE reads; our site patterns accept those names. `SpliceSAE` is the edit that replaces the
+site by the reconstruction, with or without the error term x - x^, and scales or shifts
+chosen features on the way (ablation, steering).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxinterp.edits import Edit
+from jaxinterp.errors import CheckpointError, shown
+from jaxinterp.models.hook_names import translate
+from jaxinterp.models.sites import Context
+
+Array = jax.Array
+ARCHITECTURES = ("standard", "jumprelu", "topk")
+
+
+@struct.dataclass
+class SAE:
+    """An SAE's weights (array leaves) and its structure (static fields); see the module docstring."""
+
+    W_enc: Array
+    b_enc: Array
+    W_dec: Array
+    b_dec: Array
+    threshold: Array | None = None
+    architecture: str = struct.field(pytree_node=False, default="standard")
+    k: int | None = struct.field(pytree_node=False, default=None)
+    apply_b_dec_to_input: bool = struct.field(pytree_node=False, default=True)
+    site: str = struct.field(pytree_node=False, default="")
+
+    def encode(self, x: Array) -> Array:
+        """Feature activations [..., d_sae] of activations x [..., d_in] (computed in float32)."""
+        x = jnp.asarray(x, jnp.float32)
+        pre = (x - self.b_dec if self.apply_b_dec_to_input else x) @ self.W_enc + self.b_enc
+        if self.architecture == "jumprelu":
+            return jax.nn.relu(pre) * (pre > self.threshold)
+        if self.architecture == "topk":
+            values, index = jax.lax.top_k(pre, self.k)
+            return jnp.put_along_axis(jnp.zeros_like(pre), index, jax.nn.relu(values), axis=-1, inplace=False)
+        return jax.nn.relu(pre)
+
+    def decode(self, features: Array) -> Array:
+        """Reconstruction [..., d_in] of feature activations [..., d_sae]."""
+        return jnp.asarray(features, jnp.float32) @ self.W_dec + self.b_dec
+
+
+@struct.dataclass
+class SpliceSAE(Edit):
+    """Replaces the SAE's site by its reconstruction, with features scaled then shifted.
+
+    x' = decode(encode(x) * scale + add) (+ x - decode(encode(x)) with `keep_error`), so
+    `keep_error=True` and no change to the features leaves the model exactly as it was, and
+    every difference comes from the features. `scale` and `add` ([d_sae], or None) are leaves:
+    a 0 in `scale` ablates a feature, a value in `add` steers along its decoder direction.
+    """
+
+    sae: SAE
+    keep_error: bool = struct.field(pytree_node=False, default=True)
+    scale: Array | None = None
+    add: Array | None = None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (self.sae.site,)
+
+    def __call__(self, x: Array, ctx: Context) -> Array:
+        features = self.sae.encode(x)
+        changed = features * (1.0 if self.scale is None else self.scale) + (0.0 if self.add is None else self.add)
+        out = self.sae.decode(changed)
+        if self.keep_error:
+            out = out + (x.astype(jnp.float32) - self.sae.decode(features))
+        return out.astype(x.dtype)
+
+
+def _architecture(cfg: dict, source: str) -> tuple[str, int | None]:
+    """(architecture, k) from an SAELens cfg: `architecture`, else the older `activation_fn(_str)`."""
+    name = cfg.get("architecture")
+    if name is None or name == "standard":
+        activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+        name = {"relu": "standard", "topk": "topk"}.get(activation)
+        if name is None:
+            raise CheckpointError(f"{source}: activation_fn: expected 'relu' or 'topk', found {shown(str(activation))!r}")
+    if name not in ARCHITECTURES:
+        raise CheckpointError(f"{source}: architecture: expected one of {ARCHITECTURES}, found {shown(str(name))!r}")
+    k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k")) if name == "topk" else None
+    if name == "topk" and not (isinstance(k, int) and k > 0):
+        raise CheckpointError(f"{source}: k: expected a positive integer for a topk SAE, found {k!r}")
+    return name, k
+
+
+def load_sae(path: str | os.PathLike) -> SAE:
+    """The SAE saved by SAELens in directory `path` (errors name the file, the key, expected and found)."""
+    folder = pathlib.Path(path)
+    cfg_path, weights_path = folder / "cfg.json", folder / "sae_weights.safetensors"
+    for needed in (cfg_path, weights_path):
+        if not needed.is_file():
+            raise CheckpointError(f"{needed}: expected an SAELens file here, found none")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: expected JSON, found a parse error: {e}") from None
+    for key in ("d_in", "d_sae", "hook_name"):
+        if key not in cfg:
+            raise CheckpointError(f"{cfg_path}: {key}: expected in the config, found keys {sorted(cfg)}")
+    if cfg.get("normalize_activations") not in (None, "none"):
+        raise CheckpointError(f"{cfg_path}: normalize_activations: expected 'none', found {cfg['normalize_activations']!r}")
+    architecture, k = _architecture(cfg, str(cfg_path))
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights_path}: expected a safetensors file, found: {e}") from None
+    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if architecture == "jumprelu":
+        shapes["threshold"] = (d_sae,)
+    for key, shape in shapes.items():
+        if key not in tensors:
+            raise CheckpointError(f"{weights_path}: {key}: expected a tensor of shape {shape}, found none "
+                                  f"(tensors: {sorted(tensors)})")
+        if tensors[key].shape != shape:
+            raise CheckpointError(f"{weights_path}: {key}: expected shape {shape} (d_in={d_in}, d_sae={d_sae}), "
+                                  f"found {tensors[key].shape}")
+    weights = {key: jnp.asarray(np.asarray(tensors[key], np.float32)) for key in shapes}
+    return SAE(**weights, architecture=architecture, k=k, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
+               site=translate(cfg["hook_name"]))

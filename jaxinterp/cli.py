@@ -6,6 +6,7 @@
     jaxinterp capture TEXT --sites GLOB... --out F    activations to .safetensors / .npz
     jaxinterp sites                                   every site with its shape
     jaxinterp attention TEXT --out DIR                attention statistics and figures
+    jaxinterp patch [--clean C --corrupted X]         activation patching grid of a prompt pair (JSON + heatmap)
     jaxinterp attribute --prompt Q [--image F] --html R   attribution maps and an HTML report
     jaxinterp experiment NAME [ARGS...]               run a script of experiments/
     jaxinterp data bigbench TASK                      benchmark data via the package registry
@@ -31,6 +32,7 @@ EXAMPLES = {
     "attention": "jaxinterp attention 'The capital of France is Paris.' --out attention_out",
     "attribute": "jaxinterp attribute --prompt 'What is the capital of France?' --method integrated_gradients "
                  "--html report.html",
+    "patch": "jaxinterp patch --site attn.head_out --out patch_out",
     "experiment": "jaxinterp experiment small_vlm --help",
     "data": "jaxinterp data bigbench arithmetic --out arithmetic.jsonl",
     "plan": "jaxinterp plan llava-1.5-7b --mesh 4x2 --strategy fsdp --dtype bfloat16",
@@ -81,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     attention = command("attention", "per-layer, per-head attention entropy and ART m-index of a text, with figures")
     attention.add_argument("text")
     attention.add_argument("--chat", action="store_true")
+
+    patch = command("patch", "activation (or attribution) patching of a clean prompt into a corrupted one over "
+                             "layers x positions or heads, with a logit-difference metric (writes patch.json, patch.png)")
+    patch.add_argument("--clean", default=IOI["clean"], help="the clean prompt")
+    patch.add_argument("--corrupted", default=IOI["corrupted"], help="the corrupted prompt (same number of tokens)")
+    patch.add_argument("--answer", default=IOI["answer"], help="the clean answer (its first token is read)")
+    patch.add_argument("--wrong", default=IOI["wrong"], help="the competing answer (its first token is read)")
+    patch.add_argument("--site", default="resid_pre",
+                       choices=["resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "attn.head_out"])
+    patch.add_argument("--noising", action="store_true", help="write the corrupted run into the clean one instead")
+    patch.add_argument("--attribution", action="store_true", help="first-order attribution patching (one backward)")
 
     from jaxinterp.attribution.cli import add_arguments as add_attribute_arguments
 
@@ -178,6 +191,33 @@ def _attention(args) -> None:
     print(f"wrote {out}/entropy.png, {out}/m_index.png and {out}/attention.json")
 
 
+# The indirect-object-identification pair (Wang et al. 2022): the subject is swapped in the corrupted prompt.
+IOI = {"clean": "When Mary and John went to the store, John gave a drink to",
+       "corrupted": "When Mary and John went to the store, Mary gave a drink to", "answer": " Mary", "wrong": " John"}
+
+
+def _patch(args) -> None:
+    import numpy as np
+
+    from jaxinterp import patching
+
+    model = _model(args)
+    answer, wrong = (model.tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (args.answer, args.wrong))
+    run = patching.attribution_patching if args.attribution else patching.activation_patching
+    result = run(model, args.clean, args.corrupted, patching.logit_diff(answer, wrong), site=args.site,
+                 noising=args.noising)
+    out = args.out or "jaxinterp-patch"
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, "patch.json"), {"clean_prompt": args.clean, "corrupted_prompt": args.corrupted,
+                                                  "answer": args.answer, "wrong": args.wrong, **result.to_json()})
+    result.figure(os.path.join(out, "patch.png"))
+    best = np.unravel_index(np.argmax(result.normalised), result.values.shape)
+    print(f"{result.method}, {args.site}: logit difference clean {result.clean:.3f}, corrupted {result.corrupted:.3f}; "
+          f"largest normalised score {result.normalised[best]:.3f} at "
+          + ", ".join(f"{axis} {result.labels[axis][i]!r}" for axis, i in zip(result.axes, best)))
+    print(f"wrote {out}/patch.json and {out}/patch.png")
+
+
 def _attribute(args) -> None:
     import numpy as np
 
@@ -268,7 +308,7 @@ def _run(args: argparse.Namespace) -> None:
         print(f"wrote {jaxinterp.convert(args.src, args.dst, dtype=args.dtype)}")
     else:
         {"generate": _generate, "capture": _capture, "sites": _sites, "attention": _attention,
-         "attribute": _attribute, "experiment": _experiment, "data": _data, "plan": _plan}[args.command](args)
+         "attribute": _attribute, "patch": _patch, "experiment": _experiment, "data": _data, "plan": _plan}[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:

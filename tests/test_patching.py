@@ -160,5 +160,26 @@ def test_smollm2_grid_cells_equal_cell_loop(smollm2):
     for layer, position in [(0, 9), (12, 9), (29, 15), (5, 3)]:
         name = f"blocks.{layer}.resid_pre"
         expected = float(metric(smollm2.run(corrupted, edits=Patch(name, captured[name], positions=position))))
-        assert result.values[layer, position] == pytest.approx(expected, abs=1e-5)
+        assert result.values[layer, position] == pytest.approx(expected, rel=1e-5, abs=1e-5)  # f32, batched vs single
     assert result.clean > result.corrupted
+
+
+def test_cli_patch_writes_json_and_heatmap(tmp_path, capsys):
+    from jaxinterp.cli import main
+    from jaxinterp.data.vocab import word_tokenizer
+    from jaxinterp.models import init_params
+    from jaxinterp.models.llama import LlamaConfig
+
+    tokenizer = word_tokenizer("the cat sat on a mat and dog ran far".split())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=8)
+    folder = ji.save(ji.Model(config, init_params(config, jax.random.key(0)), tokenizer), tmp_path / "tiny")
+    args = ["patch", "--model", str(folder), "--clean", "the cat sat on the", "--corrupted", "the dog sat on the",
+            "--answer", "mat", "--wrong", "dog", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    data = json.loads((tmp_path / "out" / "patch.json").read_text())
+    assert data["axes"] == ["layer", "position"] and np.array(data["values"]).shape == (2, 5)
+    assert (tmp_path / "out" / "patch.png").stat().st_size > 1000
+    assert main([*args, "--corrupted", "the dog sat"]) == 2
+    assert "expected inputs of one shape" in capsys.readouterr().err

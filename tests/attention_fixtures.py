@@ -32,11 +32,11 @@ def tiny_decoder(layers: int = 3, seed: int = 1) -> ji.Model:
 
 
 def spanned_batch(*, rows: int = 2, before: int = 3, span: int = 16, after: int = 5, pad_first: int = 0,
-                  name: str = "image", seed: int = 0):
-    """Random tokens: `before` question tokens, `span` tokens of segment `name`, `after` question tokens;
-    row 0 left-padded by `pad_first` masked tokens (a prompt ready for `generate`)."""
+                  name: str = "image", seed: int = 0, vocab: int = VOCAB):
+    """Random tokens in [0, vocab): `before` question tokens, `span` tokens of segment `name`, `after`
+    question tokens; row 0 left-padded by `pad_first` masked tokens (a prompt ready for `generate`)."""
     length = pad_first + before + span + after
-    tokens = np.random.default_rng(seed).integers(0, VOCAB, (rows, length)).astype(np.int32)
+    tokens = np.random.default_rng(seed).integers(0, vocab, (rows, length)).astype(np.int32)
     mask = np.ones((rows, length), bool)
     mask[0, :pad_first] = False
     segments = np.full((rows, length), segment_id("question"))

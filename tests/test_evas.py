@@ -91,4 +91,4 @@ def test_bad_arguments_are_clear_errors(vlm):
     with pytest.raises(ji.ArgumentError, match="form"):
         evas(vlm, form="digest")
     with pytest.raises(ji.ArgumentError, match="span 'image': no token of row"):
-        sink_profile(vlm, spanned_batch(name="question"))
+        sink_profile(vlm, spanned_batch(name="question", vocab=vlm.config.image_token_id))

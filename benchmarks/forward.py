@@ -22,7 +22,6 @@ import numpy as np
 
 import jaxinterp
 from benchmarks.common import median_seconds, prompt_tokens, torch_reference
-from jaxinterp import models
 
 LOAD_SCRIPT = "import time; t = time.perf_counter(); import jaxinterp; m = jaxinterp.load('smollm2', progress=False); print(time.perf_counter() - t)"
 
@@ -52,8 +51,8 @@ MATERIALISE = jaxinterp.FunctionEdit(("blocks.*.attn.probs",), lambda probs, ctx
 def temporary_bytes(model: jaxinterp.Model, ids: np.ndarray, edits: tuple) -> int:
     """Temporary memory XLA allocates for the compiled forward (beyond parameters, inputs and outputs)."""
     batch = model.batch(ids)
-    fn = jax.jit(lambda params, batch: models.forward(model.config, params, batch, edits=edits)[0].logits)
-    return fn.lower(model.params, batch).compile().memory_analysis().temp_size_in_bytes
+    fn = jax.jit(lambda model, batch: model.apply(batch, edits=edits).logits)
+    return fn.lower(model, batch).compile().memory_analysis().temp_size_in_bytes
 
 
 def attention_paths(model: jaxinterp.Model, ids: np.ndarray, repeats: int) -> dict:

@@ -43,10 +43,8 @@ from tqdm.auto import tqdm
 import jaxinterp
 from experiments.intervals import bootstrap_mean, paired_difference
 from experiments.outputs import output_dir, plt, save_figure, save_json
-from jaxinterp import models
 from jaxinterp.attention import layer_patterns, m_index, normalised_entropy
 from jaxinterp.data.bigbench import load_task
-from jaxinterp.edits import compose
 from jaxinterp.methods.art import art
 from jaxinterp.methods.truncation import answer_scores
 from jaxinterp.models import make_batch, segment_id
@@ -123,10 +121,10 @@ def encode(model: jaxinterp.Model, rows: list[tuple[int, str, str]], widths=(16,
     return batches
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _scores(config, params, batch, edits):
+@jax.jit
+def _scores(model, batch, edits):
     """Answer log-prob and exact match, jitted whole so the [B, T, V] logits never leave the program."""
-    return answer_scores(models.forward(config, params, batch, edits=edits)[0].logits, batch)
+    return answer_scores(model.apply(batch, edits=edits).logits, batch)
 
 
 def score(model: jaxinterp.Model, batches: list, edit, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +136,7 @@ def score(model: jaxinterp.Model, batches: list, edit, chunk: int) -> tuple[np.n
         for start in tqdm(range(0, rows, chunk), desc="scoring", unit="batch", leave=False):
             index = np.minimum(np.arange(start, start + chunk), rows - 1)  # the last chunk repeats a row: one shape
             part = jax.tree.map(lambda x: x[index], batch)  # noqa: B023
-            log_prob, hit = _scores(model.config, model.params, part, compose(edit))
+            log_prob, hit = _scores(model, model.batch(part), model.check_edits(edit))
             log_probs[chosen[start:start + chunk]] = np.asarray(log_prob)[: rows - start]
             hits[chosen[start:start + chunk]] = np.asarray(hit)[: rows - start]
     return log_probs, hits

@@ -40,7 +40,7 @@ from jaxinterp.loader import save as save_model
 from jaxinterp.methods import latent
 from jaxinterp.methods import latent_interventions as li
 from jaxinterp.methods import latent_probes as lp
-from jaxinterp.models import forward, init_params, make_batch
+from jaxinterp.models import init_params, make_batch
 from jaxinterp.models.llama import LlamaConfig
 
 PLUS, MINUS, EQUALS, SEMI, HASH, QUERY, BOT, LATENT, EOT, EOS, PAD = range(10, 21)
@@ -81,9 +81,10 @@ def slots_for(count: int, k: int) -> jnp.ndarray:
 def loss_fn(params, tokens, k: int, start: int):
     batch = make_batch(tokens)
     slots = slots_for(tokens.shape[0], k)
-    z = latent.thoughts_forward(CONFIG, params, batch, slots, None)
-    output, _ = forward(CONFIG, params, batch, edits=(latent.write_thoughts(z, slots),))
-    return optax.softmax_cross_entropy_with_integer_labels(output.logits[:, start:-1], tokens[:, start + 1:]).mean()
+    model = jaxinterp.Model(CONFIG, params)
+    z = latent.thoughts_forward(model, batch, slots, None)
+    logits = model.apply(batch, edits=(latent.write_thoughts(z, slots),)).logits
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, start:-1], tokens[:, start + 1:]).mean()
 
 
 def train(cot_steps: int, steps_per_stage: int, batch_size: int, seed: int):

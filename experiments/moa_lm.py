@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data.pydocs import stdlib_docstrings
-from jaxinterp.models import forward, init_params, make_batch
+import jaxinterp
+from jaxinterp.models import init_params, make_batch
 from jaxinterp.models.llama import LlamaConfig
 from jaxinterp.models.moa import MoAConfig, moa_loss
 
@@ -73,7 +74,8 @@ def loss_fn(config, params, tokens):
     """Mean next-byte cross-entropy (+ MoA's auxiliary losses) on a [B, T + 1] window batch."""
     batch = make_batch(tokens[:, :-1])
     sites = ("blocks.*.attn.router_logits", "blocks.*.attn.gates") if isinstance(config, MoAConfig) else ()
-    output, captured = forward(config, params, batch, capture=sites)
+    output = jaxinterp.Model(config, params).apply(batch, capture=sites)
+    captured = output.captured
     if isinstance(config, MoAConfig):
         return moa_loss(output.logits, tokens[:, 1:], batch.mask, captured, num_layers=config.num_layers)
     ce = optax.softmax_cross_entropy_with_integer_labels(output.logits, tokens[:, 1:]).mean()
@@ -113,7 +115,8 @@ def train(config, train_bytes, valid_windows, *, steps, batch_size, context, see
 
 def utilisation(config: MoAConfig, params, valid_windows) -> np.ndarray:
     """[layers, experts] share of validation tokens whose top-k includes each expert."""
-    run = jax.jit(lambda p, w: forward(config, p, make_batch(w[:, :-1]), capture=("blocks.*.attn.gates",))[1])
+    run = jax.jit(lambda p, w: jaxinterp.Model(config, p).apply(make_batch(w[:, :-1]),
+                                                                capture=("blocks.*.attn.gates",)).captured)
     totals = sum(np.stack([np.asarray(c[f"blocks.{i}.attn.gates"] > 0).mean((0, 1)) for i in range(config.num_layers)])
                  for c in (run(params, w) for w in valid_windows))
     return totals / len(valid_windows)

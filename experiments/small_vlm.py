@@ -50,7 +50,7 @@ from jaxinterp.data.vocab import word_tokenizer
 from jaxinterp.diffusion import sample
 from jaxinterp.errors import ArgumentError
 from jaxinterp.images import ImageProcessor
-from jaxinterp.models import Batch, forward, init_params, make_batch, segment_id
+from jaxinterp.models import Batch, init_params, make_batch, segment_id
 from jaxinterp.models.llama import LlamaConfig
 from jaxinterp.models.llava import LlavaConfig
 from jaxinterp.models.siglip_vision import SiglipVisionConfig
@@ -133,7 +133,7 @@ def build(settings: Settings) -> jaxinterp.Model:
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width, num_layers=settings.text_layers,
         num_heads=heads, num_kv_heads=heads, head_dim=width // heads, max_position_embeddings=256,
-        causal=not diffusion, bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,),
+        causal=not diffusion, objective="masked_token" if diffusion else "next_token", bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,),
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=tokenizer.convert_tokens_to_ids("<mask>") if diffusion else None)
     config = LlavaConfig(vision=vision, text=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -178,7 +178,7 @@ def with_answer_region(model: jaxinterp.Model, prompt: Batch, answers: list[str]
 def training_rows(model: jaxinterp.Model, data: list[shapes.Example]) -> Batch:
     """Every question of `data` as one batch in the layout the model's loss reads."""
     rows = pairs(data)
-    if model.config.causal:
+    if model.next_token:
         return prompts(model, rows, answers=True)
     return with_answer_region(model, prompts(model, rows), [q.answer for _, q in rows])
 
@@ -186,7 +186,7 @@ def training_rows(model: jaxinterp.Model, data: list[shapes.Example]) -> Batch:
 def next_token_loss(config: LlavaConfig, params: dict, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
     """Mean cross-entropy of the answer tokens and the `<eos>` right after each answer."""
     del key
-    logits = forward(config, params, batch)[0].logits[:, :-1]
+    logits = jaxinterp.Model(config, params).apply(batch).logits[:, :-1]
     targets = batch.tokens[:, 1:]
     answer = batch.segments[:, 1:] == ANSWER
     closing = (batch.segments[:, :-1] == ANSWER) & jnp.isin(targets, jnp.array(config.eos_token_ids))
@@ -205,7 +205,7 @@ def masked_diffusion_loss(config: LlavaConfig, params: dict, batch: Batch, key: 
     t = (1 - eps) * jax.random.uniform(time_key, (batch.tokens.shape[0], 1)) + eps
     masked = answer & (jax.random.uniform(mask_key, batch.tokens.shape) < t)
     noisy = batch.replace(tokens=jnp.where(masked, config.mask_token_id, batch.tokens))
-    logits = forward(config, params, noisy)[0].logits
+    logits = jaxinterp.Model(config, params).apply(noisy).logits
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.tokens)
     per_row = jnp.sum(ce * masked / t, axis=1) / jnp.sum(answer, axis=1)
     correct = (jnp.argmax(logits, -1) == batch.tokens) & masked
@@ -308,7 +308,7 @@ def answer(model: jaxinterp.Model, rows: list[tuple[shapes.Example, shapes.Quest
     texts = []
     for start in range(0, len(rows), chunk):
         batch = prompts(model, rows[start:start + chunk])
-        if model.config.causal:
+        if model.next_token:
             texts += model.generate(batch, max_new_tokens=ANSWER_LENGTH).texts
         else:
             texts += sample(model, batch, gen_length=ANSWER_LENGTH, steps=ANSWER_LENGTH,

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp import models
+from jaxinterp.generate import left_padded_prompt
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models import Batch
 from jaxinterp.models.sites import segment_id
@@ -63,16 +62,11 @@ def _top_k_mask(confidence: Array, k: Array) -> Array:
     return ranks < k
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled(config: Any):
-    return jax.jit(functools.partial(_sample_loop, config),
-                   static_argnames=("gen_length", "block_length", "steps", "remasking", "guided"))
-
-
-def _sample_loop(config, params, prompt: Batch, edits, key, temperature, cfg_scale, *,
+@functools.partial(jax.jit, static_argnames=("gen_length", "block_length", "steps", "remasking", "guided"))
+def _sample_loop(model, prompt: Batch, edits, key, temperature, cfg_scale, *,
                  gen_length: int, block_length: int, steps: int, remasking: str, guided: bool):
     batch_size, prompt_length = prompt.tokens.shape
-    mask_id = config.mask_token_id
+    mask_id = model.config.mask_token_id
     steps_per_block = steps // (gen_length // block_length)
     schedule = jnp.asarray(transfer_schedule(block_length, steps_per_block))
     full = lambda value, dtype: jnp.full((batch_size, gen_length), value, dtype)  # noqa: E731
@@ -89,12 +83,12 @@ def _sample_loop(config, params, prompt: Batch, edits, key, temperature, cfg_sca
 
     def logits_of(tokens):
         if not guided:
-            return models.forward(config, params, base.replace(tokens=tokens), edits=edits)[0].logits
+            return model.apply(base.replace(tokens=tokens), edits=edits).logits
         unconditional = jnp.where(in_prompt[None], mask_id, tokens)
         both = base.replace(tokens=jnp.concatenate([tokens, unconditional]),
                             **{f: jnp.concatenate([getattr(base, f)] * 2) for f in ("mask", "positions", "segments", "steps")},
                             pixels=None if base.pixels is None else jnp.concatenate([base.pixels] * 2))
-        cond, uncond = jnp.split(models.forward(config, params, both, edits=edits)[0].logits, 2)
+        cond, uncond = jnp.split(model.apply(both, edits=edits).logits, 2)
         return uncond + (cfg_scale + 1.0) * (cond - uncond)
 
     def step(tokens, index):
@@ -121,8 +115,10 @@ def _sample_loop(config, params, prompt: Batch, edits, key, temperature, cfg_sca
 
 def _check(model, gen_length, block_length, steps, remasking, temperature, cfg_scale) -> None:
     config = model.config
-    if getattr(config, "causal", True):
-        raise ArgumentError("model: masked-diffusion sampling needs a bidirectional model (config.causal=False)")
+    if config.causal or model.next_token:
+        raise ArgumentError("model: masked-diffusion sampling needs a bidirectional masked-token model "
+                            f"(config.causal=False, objective 'masked_token'); found causal={config.causal}, "
+                            f"objective {config.objective!r}")
     if getattr(config, "mask_token_id", None) is None:
         raise ArgumentError("model: config.mask_token_id is not set; a masked-diffusion LM needs its mask token")
     if gen_length < 1 or block_length < 1 or gen_length % block_length:
@@ -164,16 +160,13 @@ def sample(
       chat: wrap each text prompt in the tokenizer's chat template.
     """
     _check(model, gen_length, block_length, steps, remasking, temperature, cfg_scale)
-    prompt = prompts if isinstance(prompts, Batch) else model.encode(prompts, chat=chat, padding="left")
-    if not bool(jnp.all(prompt.mask[:, -1])):
-        raise ArgumentError("prompts: a Batch given to sample must be left-padded (last column all real tokens)")
+    prompt = left_padded_prompt(model, prompts, chat=chat, bucket=1, what="sample")
     needed = int(jnp.max(prompt.positions[:, -1])) + 1 + gen_length
     if needed > model.config.max_position_embeddings:
         raise ArgumentError(f"gen_length: prompt plus answer ({needed} tokens) exceeds the model's context "
                             f"of {model.config.max_position_embeddings}")
-    prompt = model.place(prompt)
-    history = _compiled(model.config)(
-        model.params, prompt, model._edits(edits), jax.random.key(seed), jnp.float32(temperature),
+    history = _sample_loop(
+        model, prompt, model.check_edits(edits), jax.random.key(seed), jnp.float32(temperature),
         jnp.float32(cfg_scale), gen_length=gen_length, block_length=block_length, steps=steps,
         remasking=remasking, guided=cfg_scale > 0,
     )

@@ -19,12 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from jaxinterp.errors import ArgumentError
+from jaxinterp.models.batch import Batch
 from jaxinterp.models.sites import Context
 
 Array = jax.Array
@@ -39,6 +41,12 @@ class Edit:
 
     def __call__(self, x: Array, ctx: Context) -> Array:
         raise NotImplementedError
+
+    def inputs(self, batch: Batch, decoding: bool) -> Batch:
+        """The batch the forward runs, given the one it was called with: an edit of the inputs
+        themselves (e.g. input embeddings written into `Batch.embeds`) overrides this; site
+        edits leave it alone. Applied in edit order, before the first site."""
+        return batch
 
     def check(self, shapes: Mapping[str, jax.ShapeDtypeStruct]) -> None:
         """Raises ArgumentError when the edit's numbers do not fit the model whose sites have
@@ -99,6 +107,24 @@ class FunctionEdit(Edit):
 
     def __call__(self, x: Array, ctx: Context) -> Array:
         return self.fn(x, ctx, self.args)
+
+
+@struct.dataclass
+class Pin(Edit):
+    """Replaces the whole value of `site` by `value` (same shape, e.g. captured from the same
+    batch): the blocks before it become dead code, which XLA drops, so a program pinned at
+    `blocks.{l}.resid_pre` that returns only later captures runs from block l on."""
+
+    site: str = struct.field(pytree_node=False)
+    value: Array = None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (self.site,)
+
+    def __call__(self, x: Array, ctx: Context) -> Array:
+        chex.assert_equal_shape([x, self.value])
+        return self.value.astype(x.dtype)
 
 
 @struct.dataclass

@@ -15,6 +15,7 @@ cuts the returned text and tokens after the fact (the row decodes on until anoth
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxinterp import models
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models import Batch, KVCache
 from jaxinterp.models.sites import segment_id
@@ -115,9 +115,9 @@ def empty_cache(config: Any, rows: int, size: int, dtype: Any) -> KVCache:
                          head_dim=config.head_dim, dtype=dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("max_new_tokens", "cache_size", "sampling", "capture", "streaming"))
 def decode_loop(
-    config: Any,
-    params: Any,
+    model: Any,
     prompt: Batch,
     edits: tuple,
     labeler: Labeler,
@@ -133,17 +133,20 @@ def decode_loop(
     capture: tuple[str, ...],
     streaming: bool,
 ):
-    """Prefill + decode; returns (tokens [B, N], steps run, prefill captures, per-step captures)."""
+    """Prefill + decode of `model` (a `Model`, through its program `apply`); returns (tokens [B, N],
+    steps run, prefill captures, per-step captures)."""
     batch_size = prompt.tokens.shape[0]
-    cache = empty_cache(config, batch_size, cache_size, jax.tree.leaves(params)[0].dtype)
-    out, prefill_captured = models.forward(config, params, prompt, edits=edits, cache=cache, capture=capture)
+    cache = empty_cache(model.config, batch_size, cache_size, jax.tree.leaves(model.params)[0].dtype)
+    out = model.apply(prompt, edits=edits, cache=cache, capture=capture)
+    prefill_captured = out.captured
 
     def step_forward(cache, tokens, positions, real, segments, steps):
         step_batch = Batch(
             tokens=tokens[:, None], mask=real[:, None], positions=positions[:, None],
             segments=segments[:, None], steps=steps[:, None],
         )
-        return models.forward(config, params, step_batch, edits=edits, cache=cache, capture=capture, decoding=True)
+        run = model.apply(step_batch, edits=edits, cache=cache, capture=capture, decoding=True)
+        return run, run.captured
 
     zeros = jnp.zeros(batch_size, jnp.int32)
     step_shapes = jax.eval_shape(
@@ -180,6 +183,19 @@ def decode_loop(
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def left_padded_prompt(model: Any, prompts: Any, *, chat: bool, bucket: int, what: str) -> Batch:
+    """Prompts as the left-padded `Batch` a sampler runs: text encoded left-padded, a `Batch`
+    checked to be left-padded; padded up to a multiple of `bucket` columns (to reuse compiled
+    programs), then checked, prepared and placed by `model.batch`."""
+    if isinstance(prompts, Batch):
+        if not bool(jnp.all(_fetch(prompts.mask[:, -1]))):
+            raise ArgumentError(f"prompts: a Batch given to {what} must be left-padded (last column all real tokens)")
+        prompt = prompts
+    else:
+        prompt = model.encode(prompts, chat=chat, padding="left")
+    return model.batch(left_pad(prompt, _round_up(prompt.tokens.shape[1], bucket), model.pad_token_id))
 
 
 def check_arguments(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
@@ -267,16 +283,9 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
     """Implementation of `Model.generate` (see there)."""
     check_arguments(max_new_tokens, temperature, top_k, top_p, model.config.vocab_size)
     config = model.config
-    if isinstance(prompts, Batch):
-        prompt = prompts
-        if not bool(jnp.all(prompt.mask[:, -1])):
-            raise ArgumentError("prompts: a Batch given to generate must be left-padded (last column all real tokens)")
-    else:
-        prompt = model.encode(prompts, chat=chat, padding="left")
+    prompt = left_padded_prompt(model, prompts, chat=chat, bucket=PROMPT_BUCKET, what="generate")
     pad_id = model.pad_token_id
-    prompt = left_pad(prompt, _round_up(prompt.tokens.shape[1], PROMPT_BUCKET), pad_id)
-    needed = int(jnp.max(prompt.positions[:, -1])) + 1 + max_new_tokens  # read before placing on a mesh
-    prompt = model.place(prompt)
+    needed = int(jnp.max(_fetch(prompt.positions[:, -1]))) + 1 + max_new_tokens
     if needed > config.max_position_embeddings:
         raise ArgumentError(
             f"max_new_tokens: prompt ({needed - max_new_tokens} tokens) plus max_new_tokens ({max_new_tokens}) "
@@ -288,8 +297,8 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
     capture = model.resolve_capture(capture)
     _STREAM["fn"] = stream
     try:
-        tokens, steps, prefill, per_step = model._decode(
-            model.params, prompt, model._edits(edits), labeler or Labeler(), jax.random.key(seed),
+        tokens, steps, prefill, per_step = decode_loop(
+            model, prompt, model.check_edits(edits), labeler or Labeler(), jax.random.key(seed),
             jnp.float32(max(temperature, 1e-6)), jnp.float32(1.0 if top_p is None else top_p),
             jnp.asarray(stop_ids or [-1], jnp.int32), jnp.int32(pad_id),
             max_new_tokens=max_new_tokens, cache_size=cache_size, sampling=sampling,

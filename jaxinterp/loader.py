@@ -134,9 +134,7 @@ def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = Tr
         def build(src: str, dst: str, source_hash: str) -> None:
             convert(src, dst, progress=progress, source_hash=source_hash)
 
-        model = _restore(cache.cached_conversion(source, build), dtype, layout)
-        model.source = source
-        return model
+        return _restore(cache.cached_conversion(source, build), dtype, layout).replace(source=source)
     if isinstance(source, (str, os.PathLike)) and orbax_dir.is_converted(source):
         return _restore(os.fspath(source), dtype, layout)
     return _from_checkpoint(source, dtype, progress, layout)

@@ -1,14 +1,22 @@
-"""`Model`: a loaded model with its tokenizer, run through sites, edits and gradients.
+"""`Model`: one value (config, parameters, tokenizer, default edits, batch preparation,
+placement) and the one program every path runs.
 
-Every entry point funnels into one jitted pure forward whose arguments are the params
-pytree, the batch, the edits (a pytree: numbers are leaves, structure is static) and the
-deltas; the capture patterns and the objective of `grad` are static. So a new steering
-vector or head index reuses the compiled program, while a new edit type, a new capture set
-or a new input shape compiles once more.
+`Model.apply` is that program: a pure function of the model (a JAX pytree: parameters and
+default edits are its leaves, the config its static structure) and a `Batch`, with edits,
+deltas and captures, returning logits and the captured sites. `run`, `grad`, `generate`,
+`sweep`, attribution, attention statistics and every method call it, so a wrapper made with
+`dataclasses.replace` (a positional scheme's mask and ids, a mesh placement, default edits)
+holds on every path.
+
+Compiled programs are module-level `jax.jit`s over the model pytree: JAX keys them by static
+structure (config, edit types, input shapes, the static arguments) in its bounded caches and
+never holds parameters, so a new steering vector or a replaced model with the same config
+reuses the program, while a new edit type, capture set or input shape compiles once more.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,9 +30,10 @@ from jaxinterp import models
 from jaxinterp.converters.chat_template import render_chat
 from jaxinterp.edits import Edit, compose
 from jaxinterp.errors import ArgumentError, NonFiniteError
-from jaxinterp.generate import Generation, Labeler, decode_loop, empty_cache, run_generation
+from jaxinterp.generate import Generation, Labeler, empty_cache, run_generation
 from jaxinterp.models import Batch, KVCache, make_batch
 from jaxinterp.models.batch import check_tokens
+from jaxinterp.models.family import predicts_next_token
 from jaxinterp.models.sites import resolve, segment_id
 
 Array = jax.Array
@@ -47,56 +56,81 @@ class Run:
         return self.captured[site]
 
 
-def _run_forward(config, params, batch, edits, deltas, capture, check_finite=False, remat=False, cache=None):
-    output, captured = models.forward(config, params, batch, edits=edits, deltas=deltas, capture=capture,
-                                      check_finite=check_finite, remat=remat, cache=cache)
-    return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch, finite=output.finite,
-               cache=output.cache)
+class _Tokenizer:
+    """The `tokenizer` field: a tokenizer, or None with `load_tokenizer` set, loaded on first read."""
+
+    def __get__(self, model: Model | None, owner: type | None = None) -> Any:
+        if model is None:
+            return None  # the field's default
+        if model.__dict__.get("_tokenizer") is None and model.load_tokenizer is not None:
+            model.__dict__["_tokenizer"] = model.load_tokenizer()
+        return model.__dict__.get("_tokenizer")
+
+    def __set__(self, model: Model, value: Any) -> None:
+        model.__dict__["_tokenizer"] = value
 
 
-def _value_and_grad(config, params, batch, edits, deltas, capture, fn, check_finite=False, remat=False):
-    def objective(deltas):
-        run = _run_forward(config, params, batch, edits, deltas, capture, check_finite, remat)
-        return fn(run), run.finite
+class _Host:
+    """Host-side parts of a model (tokenizer, processor, preparation, placement) in its pytree
+    structure: they never enter a program, so all compare equal and never split a compile key."""
 
-    (value, finite), grads = jax.value_and_grad(objective, has_aux=True)(deltas)
-    return value, grads, finite
+    def __init__(self, fields: dict[str, Any]):
+        self.fields = fields
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Host)
+
+    def __hash__(self) -> int:
+        return 0
 
 
+_HOST_FIELDS = ("_tokenizer", "load_tokenizer", "source", "processor", "prepare", "placement")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Model:
     """A model: `config`, `params` (a pytree), `tokenizer`, and methods that run it.
 
     Inputs everywhere may be a string, a list of strings (right-padded), an int array of
     token ids [T] or [B, T], or a `Batch` (see `encode`).
+
+    Attributes:
+      config: the family config (static: it keys compiled programs).
+      params: the parameter pytree.
+      tokenizer: a transformers tokenizer (None: token ids only); with `load_tokenizer`
+        given instead, loaded on first use.
+      source: where the model came from (for messages).
+      processor: turns images into pixel values (`jaxinterp.images.ImageProcessor`).
+      edits: default edits, applied before the edits of every call (`with_edits`).
+      prepare: batch preparations applied, in order, to every batch the model builds
+        (a positional scheme's position ids).
+      placement: puts batches on the model's devices (set by `jaxinterp.shard`).
     """
 
-    def __init__(
-        self,
-        config: Any,
-        params: Mapping[str, Any],
-        tokenizer: Any = None,
-        *,
-        source: str = "",
-        load_tokenizer: Callable[[], Any] | None = None,
-        processor: Any = None,
-    ):
-        """`load_tokenizer`, when given instead of `tokenizer`, loads it on first use; `processor`
-        turns images into pixel values (`jaxinterp.images.ImageProcessor`) for vision models."""
-        self.config = config
-        self.params = params
-        self.processor = processor
-        self._tokenizer = tokenizer
-        self._load_tokenizer = load_tokenizer
-        self.source = source
-        self.placement: Callable[[Any], Any] | None = None  # set by `jaxinterp.shard`
-        self._forward = jax.jit(functools.partial(_run_forward, config), static_argnames=("capture", "check_finite"))
-        self._grad = jax.jit(functools.partial(_value_and_grad, config),
-                             static_argnames=("capture", "fn", "check_finite", "remat"))
-        self._decode = jax.jit(
-            functools.partial(decode_loop, config),
-            static_argnames=("max_new_tokens", "cache_size", "sampling", "capture", "streaming"),
-        )
-        self._site_shape_cache: dict[tuple, dict[str, jax.ShapeDtypeStruct]] = {}
+    config: Any
+    params: Mapping[str, Any]
+    tokenizer: Any = _Tokenizer()
+    _: dataclasses.KW_ONLY
+    source: str = ""
+    load_tokenizer: Callable[[], Any] | None = None
+    processor: Any = None
+    edits: tuple[Edit, ...] = ()
+    prepare: tuple[Callable[[Batch], Batch], ...] = ()
+    placement: Callable[[Any], Any] | None = None
+
+    def replace(self, **changes: Any) -> Model:
+        """`dataclasses.replace` of this model (a wrapper: every path keeps what it changes); a
+        tokenizer not loaded yet stays deferred."""
+        return dataclasses.replace(self, **{"tokenizer": self.__dict__.get("_tokenizer"), **changes})
+
+    def with_edits(self, edits: Edit | Sequence[Edit]) -> Model:
+        """This model with `edits` applied by default, before the edits of every call."""
+        return self.replace(edits=(*self.edits, *self.check_edits(edits)))
+
+    @property
+    def next_token(self) -> bool:
+        """Whether logits at position t score token t + 1 (the objective; else token t itself)."""
+        return predicts_next_token(self.config)
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -114,14 +148,32 @@ class Model:
         return repr_lib.render_object_constructor(type(self), attributes, path=path, subtree_renderer=subtree_renderer,
                                                   roundtrippable=False)
 
-    # -- inputs ------------------------------------------------------------------------
+    # -- the program ---------------------------------------------------------------------
 
-    @property
-    def tokenizer(self) -> Any:
-        """The transformers tokenizer (loaded on first use when the loader deferred it)."""
-        if self._tokenizer is None and self._load_tokenizer is not None:
-            self._tokenizer, self._load_tokenizer = self._load_tokenizer(), None
-        return self._tokenizer
+    def apply(
+        self,
+        batch: Batch,
+        *,
+        edits: Sequence[Edit] = (),
+        deltas: Mapping[str, Array] | None = None,
+        capture: Sequence[str] = (),
+        cache: KVCache | None = None,
+        decoding: bool = False,
+        check_finite: bool = False,
+        remat: bool = False,
+        record_all: bool = False,
+    ) -> Run:
+        """The model's pure program: the model's default edits then `edits`, `deltas` added at
+        their sites, the sites named in `capture` (exact names) recorded. Safe under `jit`,
+        `grad` and `vmap`; nothing is checked or placed here (see `run` for the checked call).
+        `cache`/`decoding` run a prefill into, or a decode step from, a KV cache."""
+        output, captured = models.forward(self.config, self.params, batch, edits=(*self.edits, *edits), deltas=deltas,
+                                          capture=capture, cache=cache, decoding=decoding, record_all=record_all,
+                                          check_finite=check_finite, remat=remat)
+        return Run(logits=output.logits, hidden=output.hidden, captured=captured, batch=batch, finite=output.finite,
+                   cache=output.cache)
+
+    # -- inputs ------------------------------------------------------------------------
 
     def encode(self, texts: str | Sequence[str], *, chat: bool = False, padding: str = "right") -> Batch:
         """Tokenizes text(s) into a padded `Batch`.
@@ -174,11 +226,14 @@ class Model:
         return 0
 
     def batch(self, inputs: Inputs) -> Batch:
-        """Any accepted input form as a `Batch` (checked by the family, placed on the model's devices when sharded)."""
+        """Any accepted input form as a `Batch`: checked by the family, prepared (`prepare`), and
+        placed on the model's devices when sharded."""
         batch = self._as_batch(inputs)
         check_tokens(batch, self.config)
         if hasattr(self.config, "check_batch"):
             self.config.check_batch(batch)
+        for prepare in self.prepare:
+            batch = prepare(batch)
         return self.place(batch)
 
     def place(self, tree: Any) -> Any:
@@ -209,25 +264,15 @@ class Model:
     def site_shapes(self, inputs: Inputs) -> dict[str, jax.ShapeDtypeStruct]:
         """Shape and dtype of every site for these inputs (computed abstractly, nothing runs)."""
         batch = self.batch(inputs)
-        leaves, structure = jax.tree.flatten(batch)
-        key = (structure, tuple(x.shape for x in leaves))
-        if key not in self._site_shape_cache:
-            order = []  # the forward's order: eval_shape hands dicts back with sorted keys
-
-            def shapes(params, batch):
-                captured = models.forward(self.config, params, batch, record_all=True)[1]
-                order.extend(captured)
-                return captured
-
-            found = jax.eval_shape(shapes, self.params, batch)
-            self._site_shape_cache[key] = {name: found[name] for name in order}
-        return self._site_shape_cache[key]
+        return dict(_site_shapes(self.config, _spec(self.params), _spec(batch)))
 
     def resolve_capture(self, capture: str | Sequence[str]) -> tuple[str, ...]:
         """Site names matched by capture pattern(s); a pattern that matches nothing is an error."""
         return resolve((capture,) if isinstance(capture, str) else capture, self.sites, argument="capture")
 
-    def _edits(self, edits: Edit | Sequence[Edit] | None) -> tuple[Edit, ...]:
+    def check_edits(self, edits: Edit | Sequence[Edit] | None) -> tuple[Edit, ...]:
+        """`edits` as a tuple, each checked against this model's sites and their shapes (the
+        model's own default edits are not included: `apply` adds them)."""
         edits = compose(edits)
         with jax.ensure_compile_time_eval():  # bookkeeping: never staged into a caller's trace
             shapes = self.site_shapes(models.example_batch(self.config))
@@ -269,8 +314,7 @@ class Model:
         if deltas:
             resolve(deltas, self.sites, argument="deltas")
         batch = self.batch(inputs)
-        run = self._forward(self.params, batch, self._edits(edits), deltas, capture=names, check_finite=check_finite,
-                            cache=cache)
+        run = _forward(self, batch, self.check_edits(edits), deltas, cache, capture=names, check_finite=check_finite)
         if check_finite:
             self._check_finite(run.finite, batch, "forward")
         return run
@@ -311,11 +355,11 @@ class Model:
         wrt = (wrt,) if isinstance(wrt, str) else tuple(wrt)
         names = resolve(wrt, self.sites, argument="wrt")
         capture = self.resolve_capture(capture)
-        batch, edits = self.batch(inputs), self._edits(edits)
+        batch, edits = self.batch(inputs), self.check_edits(edits)
         shapes = self.site_shapes(batch)
         zeros = {name: jnp.zeros(shapes[name].shape, shapes[name].dtype) for name in names}
-        value, grads, finite = self._grad(self.params, batch, edits, zeros, capture=capture, fn=fn,
-                                          check_finite=check_finite, remat=remat)
+        value, grads, finite = _value_and_grad(self, batch, edits, zeros, capture=capture, fn=fn,
+                                               check_finite=check_finite, remat=remat)
         if check_finite:
             self._check_finite(finite, batch, "forward")
             self._check_finite({name: jnp.all(jnp.isfinite(g)) for name, g in grads.items()}, batch, "gradient")
@@ -357,3 +401,55 @@ class Model:
             self, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
             stop=stop, edits=edits, stream=stream, chat=chat, capture=capture, labeler=labeler,
         )
+
+
+def _flatten(model: Model):
+    host = _Host({name: model.__dict__.get(name) for name in _HOST_FIELDS})
+    return (model.params, model.edits), (model.config, host)
+
+
+def _unflatten(static, children) -> Model:
+    config, host = static
+    model = object.__new__(Model)
+    model.__dict__.update(host.fields, config=config, params=children[0], edits=children[1])
+    return model
+
+
+jax.tree_util.register_pytree_node(Model, _flatten, _unflatten)
+
+
+@functools.partial(jax.jit, static_argnames=("capture", "check_finite"))
+def _forward(model: Model, batch: Batch, edits, deltas, cache, *, capture, check_finite) -> Run:
+    return model.apply(batch, edits=edits, deltas=deltas, capture=capture, cache=cache, check_finite=check_finite)
+
+
+@functools.partial(jax.jit, static_argnames=("capture", "fn", "check_finite", "remat"))
+def _value_and_grad(model: Model, batch: Batch, edits, deltas, *, capture, fn, check_finite, remat):
+    def objective(deltas):
+        run = model.apply(batch, edits=edits, deltas=deltas, capture=capture, check_finite=check_finite, remat=remat)
+        return fn(run), run.finite
+
+    (value, finite), grads = jax.value_and_grad(objective, has_aux=True)(deltas)
+    return value, grads, finite
+
+
+def _spec(tree: Any) -> tuple:
+    """A hashable description of a pytree's structure, shapes and dtypes."""
+    leaves, structure = jax.tree.flatten(tree)
+    return structure, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+@functools.lru_cache(maxsize=256)
+def _site_shapes(config: Any, params: tuple, batch: tuple) -> tuple[tuple[str, jax.ShapeDtypeStruct], ...]:
+    """(site, shape) pairs in forward order for parameters and a batch described by `_spec`."""
+    abstract = lambda spec: jax.tree.unflatten(  # noqa: E731
+        spec[0], [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in spec[1]])
+    order = []  # the forward's order: eval_shape hands dicts back with sorted keys
+
+    def shapes(params, batch):
+        captured = models.forward(config, params, batch, record_all=True)[1]
+        order.extend(captured)
+        return captured
+
+    found = jax.eval_shape(shapes, abstract(params), abstract(batch))
+    return tuple((name, found[name]) for name in order)

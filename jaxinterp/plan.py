@@ -31,6 +31,7 @@ import numpy as np
 from jaxinterp import models
 from jaxinterp.converters import flatten
 from jaxinterp.errors import ArgumentError
+from jaxinterp.model import Model
 from jaxinterp.sharding import parameter_specs
 from jaxinterp.sweep import peak_bytes
 
@@ -145,7 +146,7 @@ def plan(source: str | Any, *, mesh: Mapping[str, int], strategy: str = "fsdp", 
     batch_split = batch_split if batch % batch_split == 0 else 1
 
     tokens = jax.ShapeDtypeStruct((batch, prefill), jnp.int32)
-    jaxpr = jax.make_jaxpr(lambda p, t: models.forward(config, p, models.make_batch(t))[0].logits)(params, tokens)
+    jaxpr = jax.make_jaxpr(lambda p, t: Model(config, p).apply(models.make_batch(t)).logits)(params, tokens)
     activations = peak_bytes(jaxpr.jaxpr) // batch_split
     if strategy == "fsdp":
         blocks = {}

@@ -92,10 +92,7 @@ def shard(model: Model, mesh: Mesh, strategy: str = "data", *, axis: str | None 
     params = unflatten({
         p: jax.device_put(x, NamedSharding(mesh, specs[p])) for p, x in flatten(model.params).items()
     })
-    sharded = Model(model.config, params, model._tokenizer, source=model.source, load_tokenizer=model._load_tokenizer,
-                    processor=model.processor)
-    sharded.placement = Placement(mesh, batch_axes)
-    return sharded
+    return model.replace(params=params, placement=Placement(mesh, batch_axes))
 
 
 class Placement:

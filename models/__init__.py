@@ -65,6 +65,8 @@ def forward(
 ) -> tuple[Output, dict[str, Array]]:
     """Runs a model of any family through its sites (see the module docstring); `remat`
     recomputes each block in the backward pass (`decoder.call_block`)."""
+    for edit in edits:
+        batch = edit.inputs(batch, decoding)
     tap = Tap(edits=tuple(edits), deltas=deltas, capture=tuple(capture), record_all=record_all,
               check_finite=check_finite, remat=remat)
     output = config.module().apply({"params": params}, batch, tap, cache, decoding)

@@ -29,6 +29,7 @@ from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
 from jaxinterp.models.batch import Batch, KVCache, Output
 from jaxinterp.models.decoder import call_block, finish, frame
+from jaxinterp.models.family import check_objective
 from jaxinterp.models.layers import Dense, DenseGeneral, RMSNorm
 from jaxinterp.models.rope import RopeConfig, apply_rotary, inverse_frequencies, rotary_tables
 from jaxinterp.models.sites import Context, Tap
@@ -54,7 +55,9 @@ class LlamaConfig:
       mlp_bias: gate/up/down projections carry biases.
       sliding_window: window of sliding-window attention, None for full attention.
       window_layers: indices of the blocks that use the window (None: all blocks).
-      causal: causal attention; False gives bidirectional attention (masked-diffusion LMs).
+      causal: the attention mask: causal, or (False) bidirectional (masked-diffusion LMs, positional schemes).
+      objective: what the logits predict: `next_token` (logits at t score token t + 1) or
+        `masked_token` (masked-diffusion LMs: logits at t score token t). Independent of `causal`.
       bos_token_id, eos_token_ids, pad_token_id: special tokens from the checkpoint.
       mask_token_id: the mask token of a masked-diffusion LM (LLaDA), None otherwise.
     """
@@ -78,12 +81,14 @@ class LlamaConfig:
     sliding_window: int | None = None
     window_layers: tuple[int, ...] | None = None
     causal: bool = True
+    objective: str = "next_token"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     mask_token_id: int | None = None
 
     def __post_init__(self):
+        check_objective(self.objective)
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_kv_heads: expected a divisor of num_heads={self.num_heads}, found {self.num_kv_heads}"
@@ -109,6 +114,7 @@ class LlamaConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> LlamaConfig:
         data = dict(data)
         data["rope"] = RopeConfig(**data["rope"])
+        data.setdefault("objective", "next_token" if data.get("causal", True) else "masked_token")  # saved before 0.5
         for key in ("window_layers", "eos_token_ids"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
@@ -241,6 +247,7 @@ def from_llada_config(hf: Mapping[str, Any], *, source: str = "config.json") -> 
         max_position_embeddings=int(hf.get("max_sequence_length", 4096)),
         tie_word_embeddings=bool(hf.get("weight_tying", False)),
         causal=False,
+        objective="masked_token",
         bos_token_id=hf.get("bos_token_id"),
         eos_token_ids=() if eos is None else (int(eos),),
         pad_token_id=hf.get("pad_token_id"),

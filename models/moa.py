@@ -80,6 +80,7 @@ class MoAConfig:
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = True
     causal: bool = True
+    objective: ClassVar[str] = "next_token"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
@@ -184,7 +185,7 @@ class MoA(nn.Module):
         embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
         shared = frame(batch, cache, causal=cfg.causal, decoding=decoding)
         rotary = rotary_tables(batch.positions, inverse_frequencies(cfg.rope, cfg.head_dim))
-        x = embedding[batch.tokens] if batch.embeds is None else batch.embeds.astype(embedding.dtype)
+        x = batch.embed(embedding)
         x = tap("embed", x, shared.ctx)
         slots = []
         for i in range(cfg.num_layers):

@@ -71,3 +71,10 @@ def vlm_batch(model: ji.Model, *, answers: bool = False, padding: str = "right")
     """Two chat prompts with a system text and one image each (and answers when asked)."""
     return encode(model, ["is there a red square ?", "what colour is the circle ?"], images(2),
                   system="answer yes or no", answers=["yes", "blue"] if answers else None, padding=padding)
+
+
+def causal_visible(batch) -> np.ndarray:
+    """[B, T, T] bool, by hand: the keys a causal forward's real queries see (earlier real tokens)."""
+    mask = np.asarray(batch.mask)
+    length = mask.shape[1]
+    return np.tril(np.ones((length, length), bool))[None] & mask[:, None, :] & mask[:, :, None]

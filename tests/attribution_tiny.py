@@ -33,7 +33,8 @@ def vlm(*, causal: bool = True, seed: int = 0, layers: int = 2) -> ji.Model:
     vision = SiglipVisionConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, intermediate_size=64,
                                 num_layers=2, num_heads=4, head_dim=8, layer_norm_eps=1e-6, activation="gelu_pytorch_tanh")
     text = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=layers, num_heads=4,
-                       num_kv_heads=2, head_dim=8, causal=causal, eos_token_ids=(tok.eos_token_id,),
+                       num_kv_heads=2, head_dim=8, causal=causal,
+                       objective="next_token" if causal else "masked_token", eos_token_ids=(tok.eos_token_id,),
                        mask_token_id=None if causal else tok.convert_tokens_to_ids("<mask>"))
     config = LlavaConfig(vision=vision, text=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
                          select_strategy="full", feature_layer=-1)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import jaxinterp as ji
-from jaxinterp.attention import m_index, visible_keys
+from jaxinterp.attention import m_index
 from jaxinterp.methods.art import ART, art, replace_heads
 from jaxinterp.methods.recompute import greedy
-from tests.attention_fixtures import spanned_batch, tiny_decoder
+from tests.attention_fixtures import causal_visible, spanned_batch, tiny_decoder
 
 CAPTURE = ["blocks.*.attn.probs"]
 
@@ -44,7 +44,7 @@ def test_zero_heads_leave_logits_unchanged(model):
 def test_replaced_heads_hold_the_most_local_heads_pattern(model):
     batch = spanned_batch(pad_first=2)
     plain = model.run(batch, capture=CAPTURE)
-    visible = visible_keys(batch)
+    visible = causal_visible(batch)
     for layer in (0, 2):
         edited = model.run(batch, capture=CAPTURE, edits=art(model, layers=(layer,), top_k_ratio=0.5))
         before, after = plain[f"blocks.{layer}.attn.probs"], edited[f"blocks.{layer}.attn.probs"]
@@ -64,7 +64,7 @@ def test_local_mode_overwrites_the_most_local_heads(model):
     batch = spanned_batch()
     plain = model.run(batch, capture=CAPTURE)["blocks.0.attn.probs"]
     after = model.run(batch, capture=CAPTURE, edits=art(model, top_k_ratio=0.25, overwrite="local"))["blocks.0.attn.probs"]
-    m = np.asarray(m_index(plain, visible_keys(batch)))[0]
+    m = np.asarray(m_index(plain, causal_visible(batch)))[0]
     np.testing.assert_allclose(after[0, m.argmax()], plain[0, m.argmin()], atol=1e-6)
 
 
@@ -96,9 +96,9 @@ def test_every_step_edits_each_new_row_by_its_single_row_m_index(model):
 def test_new_numbers_do_not_recompile_and_bad_arguments_are_clear_errors(model):
     batch = spanned_batch()
     model(batch, edits=art(model, top_k_ratio=0.25))
-    before = model._forward._cache_size()
+    before = ji.model._forward._cache_size()
     model(batch, edits=art(model, top_k_ratio=0.75))
-    assert model._forward._cache_size() == before
+    assert ji.model._forward._cache_size() == before
     with pytest.raises(ji.ArgumentError, match=r"layers: expected layer indices in \[0, 3\), found \[5\]"):
         art(model, layers=[5])
     for ratio in (0.0, 1.5, -0.1):

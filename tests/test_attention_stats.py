@@ -11,7 +11,7 @@ from jaxinterp import attention as att
 from jaxinterp.edits import PatternFromScores
 from jaxinterp.methods.truncation import Truncate
 from jaxinterp.models import segment_id
-from tests.attention_fixtures import spanned_batch, tiny_decoder
+from tests.attention_fixtures import causal_visible, spanned_batch, tiny_decoder
 
 T = 6
 CAUSAL = np.tril(np.ones((T, T), bool))
@@ -143,7 +143,7 @@ def test_streamed_rollout_and_head_statistics_match_captured_probs(model):
     np.testing.assert_allclose(att.attention_rollout(model, batch), expected, atol=1e-6)
     stats = att.head_statistics(model, batch, layers=[0, 2])
     assert stats["entropy"].shape == stats["m_index"].shape == (2, 4)
-    visible = att.visible_keys(batch)
+    visible = causal_visible(batch)
     np.testing.assert_allclose(stats["entropy"][1], att.normalised_entropy(run["blocks.2.attn.probs"], visible),
                                atol=1e-6)
     np.testing.assert_allclose(stats["m_index"][0],

@@ -18,7 +18,7 @@ from jaxinterp.models import init_params, make_batch
 from jaxinterp.models.llama import LlamaConfig
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-            head_dim=8, causal=False, mask_token_id=63, eos_token_ids=(1,))
+            head_dim=8, causal=False, objective="masked_token", mask_token_id=63, eos_token_ids=(1,))
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import jaxinterp as ji
-from jaxinterp.attention import column_sink_scores, sink_density, visible_keys
+from jaxinterp.attention import column_sink_scores, sink_density
 from jaxinterp.methods.evas import broadcast_densest, evas, sink_profile
 from jaxinterp.methods.recompute import greedy
 from jaxinterp.models import segment_id
-from tests.attention_fixtures import spanned_batch, tiny_decoder, tiny_vlm, vlm_batch
+from tests.attention_fixtures import causal_visible, spanned_batch, tiny_decoder, tiny_vlm, vlm_batch
 
 CAPTURE = ["blocks.*.attn.probs"]
 
@@ -39,7 +39,7 @@ def test_every_head_of_the_layer_takes_the_densest_sink_heads_pattern(vlm):
     edited = vlm.run(batch, capture=CAPTURE, edits=evas(vlm, beta=0.01))
     before, after = plain["blocks.1.attn.probs"], edited["blocks.1.attn.probs"]
     keys = batch.segments == segment_id("image")
-    density = np.asarray(sink_density(column_sink_scores(before, visible_keys(batch), keys, keys), keys, 0.01))
+    density = np.asarray(sink_density(column_sink_scores(before, causal_visible(batch), keys, keys), keys, 0.01))
     assert density.max() > 0
     for row in range(2):
         real = np.asarray(batch.mask[row])

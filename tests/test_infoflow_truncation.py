@@ -136,9 +136,9 @@ def test_truncation_on_a_text_model_span_and_no_recompile():
     segments[0, 2:8] = segment_id("system")
     batch = ji.models.make_batch(tokens, segments=segments)
     model(batch, edits=Truncate(start=1, span="system"))
-    size = model._forward._cache_size()
+    size = ji.model._forward._cache_size()
     probs = model.run(batch, capture=["blocks.2.attn.probs"], edits=Truncate(start=2, span="system"))
-    assert model._forward._cache_size() == size + 1  # the new capture set, not the new K
+    assert ji.model._forward._cache_size() == size + 1  # the new capture set, not the new K
     assert np.asarray(probs["blocks.2.attn.probs"])[0][:, :, 2:8].max() == 0.0
 
 

@@ -27,6 +27,11 @@ def test_tour_runs(smollm2, monkeypatch, capsys):
     assert "(1, 13, 49152) (1, 9, 13, 13)" in capsys.readouterr().out
 
 
+def test_one_program_example_runs(smollm2, monkeypatch, capsys):
+    _run_block("One program", smollm2, monkeypatch)
+    assert "(1, 6, 49152) True" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_methods_example_runs(smollm2, monkeypatch, capsys):
     namespace = _run_block("Methods", smollm2, monkeypatch)

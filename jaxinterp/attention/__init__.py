@@ -6,8 +6,8 @@ from jaxinterp.attention.flow import segment_mass
 from jaxinterp.attention.rollout import attention_rollout, rollout_step
 from jaxinterp.attention.sinks import column_sink_scores, sink_density
 from jaxinterp.attention.spans import Span, span_mask
-from jaxinterp.attention.stats import head_statistics, normalised_entropy, visible_keys
-from jaxinterp.attention.streaming import Pattern, layer_patterns
+from jaxinterp.attention.stats import head_statistics, normalised_entropy
+from jaxinterp.attention.streaming import Pattern, layer_patterns, visible_keys
 from jaxinterp.attention.uniformity import m_index
 
 __all__ = [

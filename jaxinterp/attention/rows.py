@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxinterp.edits import Edit
 from jaxinterp.errors import ArgumentError
-from jaxinterp.models.masks import MASKED
+from jaxinterp.attention.streaming import visible_keys
 from jaxinterp.models.sites import Context, segment_id
 
 Array = jax.Array
@@ -32,11 +32,6 @@ PAD, GENERATED = segment_id("pad"), segment_id("generated")
 def check_apply_at(apply_at: str) -> None:
     if apply_at not in APPLY_AT:
         raise ArgumentError(f"apply_at: expected one of {APPLY_AT}, found {apply_at!r}")
-
-
-def visible_keys(ctx: Context) -> Array:
-    """[B, H, T, S] bool: the keys each query's softmax saw (from `ctx.scores`, at `attn.probs`)."""
-    return ctx.scores > MASKED / 2
 
 
 def edited_rows(ctx: Context, apply_at: str) -> Array | None:
@@ -77,4 +72,4 @@ class RowEdit(Edit):
         if rows is None:
             return probs
         rows = rows[:, None, :, None]
-        return jnp.where(rows, self.rewrite(probs, visible_keys(ctx) & rows, ctx), probs)
+        return jnp.where(rows, self.rewrite(probs, visible_keys(ctx.scores) & rows, ctx), probs)

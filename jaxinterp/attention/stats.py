@@ -19,20 +19,8 @@ import numpy as np
 from jaxinterp.attention.streaming import layer_patterns
 from jaxinterp.attention.uniformity import m_index
 from jaxinterp.edits import Edit
-from jaxinterp.models import Batch
-from jaxinterp.models.masks import attention_mask
 
 Array = jax.Array
-
-
-def visible_keys(batch: Batch, *, causal: bool = True, window: int | None = None) -> Array:
-    """[B, T, T] bool: which keys each query of a full (uncached) forward may attend."""
-    slots = jnp.arange(batch.tokens.shape[1])
-    allowed = attention_mask(
-        query_slots=slots, key_slots=slots, query_positions=batch.positions, key_positions=batch.positions,
-        key_mask=batch.mask, causal=causal, window=window,
-    )
-    return allowed[:, 0] & batch.mask[:, :, None]
 
 
 def normalised_entropy(probs: Array, visible: Array) -> Array:

@@ -1,27 +1,24 @@
 """Attention patterns one layer at a time, so a long sequence never holds every layer's T x T map.
 
-One forward captures each block's queries and keys ([B, T, H, Dh] and [B, T, KV, Dh]: linear in
-T); then each layer's pattern is recomputed by the model's own attention code (`attend`, with
-the model's masks) when the caller asks for it, and can be reduced and dropped before the next.
-Edits are honoured: those on `attn.q` / `attn.k` shaped the captured queries and keys, and
-those on `attn.scores` / `attn.probs` are applied again to the recomputed pattern, so the
-result is what the forward computed (checked against captured `attn.probs` in the tests).
+One forward of the model's own program captures every chosen block's input (`resid_pre`,
+[B, T, D]: linear in T); then layer l's pattern is the `attn.probs` (and `attn.scores`) of
+the same program pinned at `blocks.{l}.resid_pre` (`Pin`) and returning only those two
+captures, so XLA runs block l alone. Masks, windows, positional schemes, default edits and
+the caller's edits are the model's own, never rebuilt here, so the result is what the forward
+computed (checked against captured `attn.probs` in the tests).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from jaxinterp.attention.checks import check_layers
-from jaxinterp.edits import Edit, compose
-from jaxinterp.models.attention import attend
-from jaxinterp.models.decoder import frame
+from jaxinterp.edits import Edit, Pin
 from jaxinterp.models.masks import MASKED
-from jaxinterp.models.sites import Tap
 
 Array = jax.Array
 
@@ -35,13 +32,19 @@ class Pattern(NamedTuple):
     visible: Array
 
 
-class _PatternTap(Tap):
-    """A tap that leaves queries, keys and values alone (the captured ones are already edited)."""
+def visible_keys(scores: Array) -> Array:
+    """[B, H, T, S] bool: the keys each query's softmax saw, read from the captured (or an
+    edit's) `attn.scores`: every mask (causal, window, padding, a scheme's) leaves MASKED there."""
+    return scores > MASKED / 2
 
-    def __call__(self, name: str, x: Array, ctx: Any) -> Array:
-        if name.endswith((".attn.q", ".attn.k", ".attn.v")):
-            return x
-        return super().__call__(name, x, ctx)
+
+@functools.partial(jax.jit, static_argnames=("layer",))
+def _pattern(model: Any, batch: Any, edits: tuple, entry: Array | None, *, layer: int) -> tuple[Array, Array]:
+    prefix = f"blocks.{layer}"
+    pinned = () if entry is None else (Pin(f"{prefix}.resid_pre", entry),)
+    run = model.apply(batch, edits=(*edits, *pinned), capture=(f"{prefix}.attn.scores", f"{prefix}.attn.probs"))
+    visible = visible_keys(run[f"{prefix}.attn.scores"]) & batch.mask[:, None, :, None]
+    return run[f"{prefix}.attn.probs"], visible
 
 
 def layer_patterns(model: Any, inputs: Any, *, layers: Iterable[int] | None = None,
@@ -56,17 +59,8 @@ def layer_patterns(model: Any, inputs: Any, *, layers: Iterable[int] | None = No
     """
     config = model.config
     layers = check_layers(range(config.num_layers) if layers is None else layers, config.num_layers)
-    batch = model.batch(inputs)
-    edits = compose(edits)
-    every = model._edits(edits)  # with any edits the model adds itself (e.g. a positional scheme's mask)
-    run = model.run(batch, capture=[f"blocks.{i}.attn.{part}" for i in layers for part in ("q", "k")], edits=edits)
-    windows = [config.window(i) if hasattr(config, "window") else None for i in range(config.num_layers)]
-    shared = frame(batch, None, causal=config.causal, windows=windows)
+    batch, edits = model.batch(inputs), model.check_edits(edits)
+    entries = model.run(batch, capture=[f"blocks.{i}.resid_pre" for i in layers if i > 0], edits=edits).captured
     for layer in layers:
-        prefix = f"blocks.{layer}"
-        keys = run[f"{prefix}.attn.k"]
-        tap = _PatternTap(edits=every, capture=(f"{prefix}.attn.scores", f"{prefix}.attn.probs"))
-        attend(run[f"{prefix}.attn.q"], keys, jnp.zeros_like(keys), allowed=shared.mask(windows[layer]), tap=tap,
-               prefix=prefix, ctx=shared.ctx.replace(layer=layer), scale=config.head_dim ** -0.5)
-        visible = (tap.captured[f"{prefix}.attn.scores"] > MASKED / 2) & batch.mask[:, None, :, None]
-        yield Pattern(layer, tap.captured[f"{prefix}.attn.probs"], visible)
+        probs, visible = _pattern(model, batch, edits, entries.get(f"blocks.{layer}.resid_pre"), layer=layer)
+        yield Pattern(layer, probs, visible)

@@ -106,7 +106,6 @@ def attribute(
         sites = resolve(patterns, model.sites, argument="site")
     elif site is not None:
         raise ArgumentError(f"site: method {method!r} reads no site (it explains from the logits or attention)")
-    causal = bool(getattr(model.config, "causal", True))
     if target is None:
         target = DEFAULT_TARGETS[method](model, batch) if method in DEFAULT_TARGETS else answer_tokens(batch)
     edits = compose(edits)
@@ -114,7 +113,7 @@ def attribute(
         resolve(edit.sites, model.sites, argument=f"edit {type(edit).__name__}")
     if check_finite:
         model.run(batch, edits=edits, check_finite=True)
-    request = Request(model=model, batch=batch, target=target.bind(batch, causal), sites=sites, region=region,
+    request = Request(model=model, batch=batch, target=target.bind(batch, model.next_token), sites=sites, region=region,
                       edits=edits)
     out = dataclasses.replace(fn(request, **options), method=method, sites=sites, batch=batch)
     if check_finite:

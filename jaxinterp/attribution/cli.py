@@ -59,7 +59,7 @@ def model_answer(model, prompt: str, images: list | None, *, chat: bool, max_new
     from jaxinterp.multimodal import encode
 
     batch = encode(model, prompt, images, chat=chat, padding="left")
-    if getattr(model.config, "causal", True):
+    if model.next_token:
         return model.generate(batch, max_new_tokens, seed=seed).texts[0].strip()
     return sample(model, batch, gen_length=max_new_tokens, steps=max_new_tokens, block_length=max_new_tokens,
                   seed=seed).texts[0].strip()

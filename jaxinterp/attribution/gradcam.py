@@ -19,7 +19,7 @@ import numpy as np
 from jaxinterp.attribution import cam
 from jaxinterp.attribution.batching import swept
 from jaxinterp.attribution.ops import max_normalise
-from jaxinterp.attribution.passes import compiled, forward_backward
+from jaxinterp.attribution.passes import forward_backward, forward_backward_jit
 from jaxinterp.attribution.regions import features, unflatten
 from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.errors import ArgumentError
@@ -43,10 +43,10 @@ def combined(config, batch, activations, grads, *, sites: tuple[str, ...], regio
     return jnp.stack(maps)
 
 
-def site_maps(config, params, batch, edits, target, deltas, **how) -> tuple[Array, Array]:
+def site_maps(model, batch, edits, target, deltas, **how) -> tuple[Array, Array]:
     """(scores [B], `combined` maps) of one forward and backward; `how` as `combined`'s keywords."""
-    values, activations, grads = forward_backward(config, params, batch, edits, target, deltas)
-    return values, combined(config, batch, activations, grads, **how)
+    values, activations, grads = forward_backward(model, batch, edits, target, deltas)
+    return values, combined(model.config, batch, activations, grads, **how)
 
 
 def pixel_noise_scale(model, channels: int, noise_std: float) -> np.ndarray:
@@ -56,9 +56,9 @@ def pixel_noise_scale(model, channels: int, noise_std: float) -> np.ndarray:
     return (noise_std / std).reshape(channels, 1, 1)
 
 
-def noisy_maps(params, batch, edits, target, deltas, noise, *, config, **how) -> tuple[Array, Array]:
+def noisy_maps(model, batch, edits, target, deltas, noise, **how) -> tuple[Array, Array]:
     """`site_maps` of the batch with `noise` added to its pixels (the arrays first, for `swept`)."""
-    return site_maps(config, params, batch.replace(pixels=batch.pixels + noise), edits, target, deltas, **how)
+    return site_maps(model, batch.replace(pixels=batch.pixels + noise), edits, target, deltas, **how)
 
 
 def smoothed(request: Request, how: dict, samples: int, noise_std: float, seed: int,
@@ -70,9 +70,8 @@ def smoothed(request: Request, how: dict, samples: int, noise_std: float, seed: 
         raise ArgumentError("samples: smoothing adds noise to the image, but the inputs carry none")
     scale = pixel_noise_scale(request.model, batch.pixels.shape[2], noise_std)
     noise = jax.random.normal(jax.random.key(seed), (samples, *batch.pixels.shape)) * scale
-    args = (request.model.params, batch, request.edits, request.target, request.deltas())
-    values, maps = swept(noisy_maps, args, noise, options=(("config", request.config), *how.items()),
-                         chunk_size=chunk_size)
+    args = (request.model, batch, request.edits, request.target, request.deltas())
+    values, maps = swept(noisy_maps, args, noise, options=tuple(how.items()), chunk_size=chunk_size)
     axes = (-2, -1) if request.region == "image" else (-1,)
     return values.mean(axis=0), max_normalise(maps.mean(axis=0), axes=axes)
 
@@ -90,14 +89,13 @@ def cam_method(request: Request, *, combine: Combine, threshold: float | None = 
     """
     if samples < 0:
         raise ArgumentError(f"samples: expected >= 0 noisy copies, found {samples}")
-    config, params = request.config, request.model.params
     how = dict(sites=request.sites, region=request.region, combine=combine, threshold=threshold)
     if samples:
         values, maps = smoothed(request, how, samples, noise_std, seed, chunk_size)
     else:  # the forward and backward compile once for every CAM of these sites; the maps are cheap
-        values, activations, grads = compiled(config)[0](params, request.batch, request.edits, request.target,
-                                                         request.deltas())
-        maps = combined(config, request.batch, activations, grads, **how)
+        values, activations, grads = forward_backward_jit(request.model, request.batch, request.edits,
+                                                          request.target, request.deltas())
+        maps = combined(request.config, request.batch, activations, grads, **how)
     return Attribution(values=values, **{request.region: maps})
 
 

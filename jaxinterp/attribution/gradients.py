@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.attribution.batching import swept
-from jaxinterp.attribution.passes import compiled, forward_backward
+from jaxinterp.attribution.passes import forward_backward, forward_backward_jit, forward_values_jit
 from jaxinterp.attribution.regions import features, unflatten
 from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.edits import FunctionEdit
@@ -34,8 +34,8 @@ def _region_sums(request: Request, site: str, contributions: Array) -> Array:
 
 def grad_x_input(request: Request) -> Attribution:
     """Gradient x input at every site of the request (one forward, one backward)."""
-    values, activations, grads = compiled(request.config)[0](
-        request.model.params, request.batch, request.edits, request.target, request.deltas())
+    values, activations, grads = forward_backward_jit(
+        request.model, request.batch, request.edits, request.target, request.deltas())
     maps = [_region_sums(request, site, activations[site].astype(jnp.float32) * grads[site].astype(jnp.float32))
             for site in request.sites]
     return Attribution(values=values, **{request.region: jnp.stack(maps)})
@@ -47,10 +47,10 @@ def _interpolate(x: Array, ctx, args) -> Array:
     return (baseline + alpha * (x.astype(jnp.float32) - baseline)).astype(x.dtype)
 
 
-def path_gradient(params, batch, edits, target, deltas, baseline, alpha, *, config, site: str) -> Array:
+def path_gradient(model, batch, edits, target, deltas, baseline, alpha, *, site: str) -> Array:
     """The gradient at `site` [site shape] with the site's value moved to x' + alpha (x - x')."""
     edits = (*edits, FunctionEdit(patterns=(site,), fn=_interpolate, args=(alpha, baseline)))
-    return forward_backward(config, params, batch, edits, target, deltas)[2][site].astype(jnp.float32)
+    return forward_backward(model, batch, edits, target, deltas)[2][site].astype(jnp.float32)
 
 
 def integrated_gradients(request: Request, *, steps: int = 64, baseline: float | Array = 0.0,
@@ -70,13 +70,12 @@ def integrated_gradients(request: Request, *, steps: int = 64, baseline: float |
     if steps < 1:
         raise ArgumentError(f"steps: expected >= 1 quadrature points, found {steps}")
     (site,) = request.sites
-    config, params = request.config, request.model.params
     x = request.model.run(request.batch, capture=[site], edits=request.edits)[site].astype(jnp.float32)
     baseline = jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), x.shape)
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    args = (params, request.batch, request.edits, request.target, request.deltas(), baseline)
-    grads = swept(path_gradient, args, jnp.asarray((nodes + 1) / 2, jnp.float32),
-                  options=(("config", config), ("site", site)), chunk_size=chunk_size)
+    args = (request.model, request.batch, request.edits, request.target, request.deltas(), baseline)
+    grads = swept(path_gradient, args, jnp.asarray((nodes + 1) / 2, jnp.float32), options=(("site", site),),
+                  chunk_size=chunk_size)
     path_mean = jnp.tensordot(jnp.asarray(weights / 2, jnp.float32), grads, axes=1)
-    value = compiled(config)[1](params, request.batch, request.edits, request.target)
+    value = forward_values_jit(request.model, request.batch, request.edits, request.target)
     return Attribution(values=value, **{request.region: _region_sums(request, site, (x - baseline) * path_mean)[None]})

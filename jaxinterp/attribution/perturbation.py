@@ -51,7 +51,7 @@ def deletion_insertion(model, inputs, maps: Array, target: Target | None = None,
         raise ArgumentError(f"maps: expected one map per image, shape {grid}, found {maps.shape}")
     if steps < 1:
         raise ArgumentError(f"steps: expected >= 1, found {steps}")
-    target = (target or answer_tokens(batch, score="prob")).bind(batch, bool(getattr(model.config, "causal", True)))
+    target = (target or answer_tokens(batch, score="prob")).bind(batch, model.next_token)
     request = Request(model=model, batch=batch, target=target, sites=(), region="image", edits=tuple(edits))
     shown = ranked_masks(maps, steps)
     scores = masked_scores(request, jnp.concatenate([1.0 - shown, shown]), resize="nearest", chunk_size=chunk_size)

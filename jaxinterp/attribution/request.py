@@ -30,10 +30,6 @@ class Request:
     def config(self) -> Any:
         return self.model.config
 
-    @property
-    def causal(self) -> bool:
-        return bool(getattr(self.config, "causal", True))
-
     def deltas(self) -> dict[str, Array]:
         """Zero deltas at every attributed site (the points gradients are taken at)."""
         return zero_deltas(self.model, self.batch, self.sites)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxinterp.attribution.masking import masked_scores
 from jaxinterp.attribution.ops import minmax
-from jaxinterp.attribution.passes import compiled
+from jaxinterp.attribution.passes import forward_values_jit
 from jaxinterp.attribution.regions import image_features
 from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.errors import ArgumentError
@@ -49,5 +49,5 @@ def score_cam(request: Request, *, channels: int = 64, chunk_size: int | None = 
     scores = masked_scores(request, masks, chunk_size=chunk_size).reshape(sites, count, batch_size)
     weights = jax.nn.softmax(scores, axis=1)  # [S, K, B]
     cam = jax.nn.relu(jnp.einsum("skb,sbnkhw->sbnhw", weights, maps))
-    values = compiled(request.config)[1](request.model.params, request.batch, request.edits, request.target)
+    values = forward_values_jit(request.model, request.batch, request.edits, request.target)
     return Attribution(values=values, image=cam)

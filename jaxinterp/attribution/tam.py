@@ -101,4 +101,4 @@ def tam(request: Request, *, kernel: int = 3, use_eci: bool = True) -> Attributi
         grids = image.reshape(batch.tokens.shape[0], batch.pixels.shape[1], config.tokens_per_image)
         grids = grids[..., offset:offset + rows * cols].reshape(*grids.shape[:2], *grid_shape(config))
         out["image"] = _filtered(grids, kernel)[None]
-    return Attribution(values=target.values(run, request.causal), **out)
+    return Attribution(values=target.values(run, request.model.next_token), **out)

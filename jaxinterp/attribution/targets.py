@@ -3,9 +3,10 @@
 A target maps a `Run` to one score per batch row, [B]; the attributed objective is their sum
 (rows do not interact in a forward, so each row's gradient is that of its own score).
 
-Positions name the *explained token*. In a causal model the token at position t is predicted
-by the logits at t - 1; in a masked-diffusion (bidirectional) model by the logits at t itself,
-so the same target reads the right row of logits in both.
+Positions name the *explained token*. Under a next-token objective the token at position t
+is predicted by the logits at t - 1; under a masked-token objective (masked-diffusion LMs) by
+the logits at t itself, so the same target reads the right row of logits in both. Only the
+objective decides this, never the attention mask (a positional scheme changes the mask).
 
     Tokens.at(12)                      a generated token (its logit, teacher-forced)
     answer_tokens(batch)               the sum of the answer's token logits (LLaVA-CAM's S)
@@ -44,7 +45,7 @@ def _rows(values, batch_size: int, name: str) -> Array:
     return jnp.asarray(array, jnp.int32)
 
 
-def _check_positions(positions: np.ndarray, batch: Batch, causal: bool, name: str) -> None:
+def _check_positions(positions: np.ndarray, batch: Batch, next_token: bool, name: str) -> None:
     """Every used position (>= 0) must be a real token of its row with logits that predict it."""
     length = batch.tokens.shape[1]
     mask = np.asarray(batch.mask)
@@ -54,14 +55,14 @@ def _check_positions(positions: np.ndarray, batch: Batch, causal: bool, name: st
             raise ArgumentError(f"{name}: position {p} is outside the sequence of {length} tokens (row {row})")
         if not mask[row, p]:
             raise ArgumentError(f"{name}: position {p} of row {row} is padding, not a token")
-        if causal and p == 0:
-            raise ArgumentError(f"{name}: position 0 has no logits predicting it in a causal model; "
+        if next_token and p == 0:
+            raise ArgumentError(f"{name}: position 0 has no logits predicting it in a next-token model; "
                                 "explain a later token")
 
 
-def _logit_rows(logits: Array, positions: Array, causal: bool) -> Array:
+def _logit_rows(logits: Array, positions: Array, next_token: bool) -> Array:
     """[B, K, V] float32 logits that predict the tokens at `positions` [B, K] (padding -1 reads row 0)."""
-    rows = jnp.maximum(positions - int(causal), 0)
+    rows = jnp.maximum(positions - int(next_token), 0)
     return jnp.take_along_axis(logits.astype(jnp.float32), rows[..., None], axis=1)
 
 
@@ -97,17 +98,17 @@ class Tokens:
         ids = None if ids is None else np.atleast_1d(np.asarray(ids))
         return cls(positions=np.atleast_1d(np.asarray(positions)), ids=ids, score=score)
 
-    def bind(self, batch: Batch, causal: bool) -> Tokens:
+    def bind(self, batch: Batch, next_token: bool) -> Tokens:
         """The target with [B, K] arrays for this batch, checked against it."""
         positions = _rows(self.positions, batch.tokens.shape[0], "target positions")
-        _check_positions(np.asarray(positions), batch, causal, "target")
+        _check_positions(np.asarray(positions), batch, next_token, "target")
         ids = jnp.take_along_axis(batch.tokens, jnp.maximum(positions, 0), axis=1) if self.ids is None else (
             _rows(self.ids, batch.tokens.shape[0], "target ids"))
         chex.assert_equal_shape([positions, ids])
         return self.replace(positions=positions, ids=ids)
 
-    def values(self, run: Run, causal: bool) -> Array:
-        scores = _score(_logit_rows(run.logits, self.positions, causal), self.ids, self.score)
+    def values(self, run: Run, next_token: bool) -> Array:
+        scores = _score(_logit_rows(run.logits, self.positions, next_token), self.ids, self.score)
         return jnp.sum(jnp.where(self.positions >= 0, scores, 0.0), axis=1)
 
 
@@ -134,15 +135,15 @@ class Contrast:
         pair = np.stack(np.broadcast_arrays(np.asarray(target), np.asarray(distractor)), axis=-1)
         return cls(positions=pair, ids=None if ids is None else np.asarray(ids), whole_vocabulary=whole_vocabulary)
 
-    def bind(self, batch: Batch, causal: bool) -> Contrast:
-        tokens = Tokens(positions=self.positions, ids=self.ids).bind(batch, causal)
+    def bind(self, batch: Batch, next_token: bool) -> Contrast:
+        tokens = Tokens(positions=self.positions, ids=self.ids).bind(batch, next_token)
         if tokens.positions.shape[1] != 2:
             raise ArgumentError("contrast target: expected (target, distractor) positions, "
                                 f"found {tokens.positions.shape[1]}")
         return self.replace(positions=tokens.positions, ids=tokens.ids)
 
-    def values(self, run: Run, causal: bool) -> Array:
-        logits = _logit_rows(run.logits, self.positions, causal)
+    def values(self, run: Run, next_token: bool) -> Array:
+        logits = _logit_rows(run.logits, self.positions, next_token)
         scores = jnp.sum(logits, axis=-1) if self.whole_vocabulary else _score(logits, self.ids, "logit")
         return scores[:, 0] - scores[:, 1]
 
@@ -154,10 +155,10 @@ class Function:
 
     fn: Callable[[Run], Array] = struct.field(pytree_node=False)
 
-    def bind(self, batch: Batch, causal: bool) -> Function:
+    def bind(self, batch: Batch, next_token: bool) -> Function:
         return self
 
-    def values(self, run: Run, causal: bool) -> Array:
+    def values(self, run: Run, next_token: bool) -> Array:
         out = jnp.asarray(self.fn(run), jnp.float32)
         rows = run.batch.tokens.shape[0]
         if out.shape not in ((rows,), ()) or (out.ndim == 0 and rows != 1):

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxinterp.errors import ArgumentError
-from jaxinterp.models import forward, make_batch
+from jaxinterp.models import make_batch
 
 Array = jax.Array
 POOLINGS = ("first", "mean", "last")
@@ -44,9 +44,9 @@ def pool(x: Array, mask: Array, pooling: str) -> Array:
     raise ArgumentError(f"pooling: expected one of {POOLINGS}, found {pooling!r}")
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("sites", "poolings"))
-def _pooled(config, params, batch, *, sites, poolings):
-    _, captured = forward(config, params, batch, capture=sites)
+@functools.partial(jax.jit, static_argnames=("sites", "poolings"))
+def _pooled(model, batch, *, sites, poolings):
+    captured = model.apply(batch, capture=sites).captured
     return {(site, p): pool(captured[site], batch.mask, p) for site in sites for p in poolings}
 
 
@@ -88,7 +88,7 @@ def pooled_features(
         for r, i in enumerate(rows):
             tokens[r, :len(ids[i])], mask[r, :len(ids[i])] = ids[i], True
         mask[len(rows):, 0] = True  # filler rows hold one token so that every row is well defined
-        pooled = _pooled(model.config, model.params, make_batch(tokens, mask), sites=names, poolings=tuple(poolings))
+        pooled = _pooled(model, model.batch(make_batch(tokens, mask)), sites=names, poolings=tuple(poolings))
         chunks.append((rows, jax.device_get(pooled)))
     features = {}
     for key in chunks[0][1]:

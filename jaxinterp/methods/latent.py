@@ -6,10 +6,11 @@ of the position before them, z_j = h^(L)_{slot_j - 1}; then `<eot>` and the answ
 decoded. CODI (Shen et al. 2025) passes each hidden state through a projection
 (Linear -> GELU -> Linear -> LayerNorm) before feeding it back.
 
-Everything goes through the input-embedding site `embed`: `SlotTransform` is an edit that
-reads the embeddings at the latent slots, maps them (write thoughts, or any intervention of
-`latent_interventions`) and writes them back, so thoughts and interventions compose like
-other edits and the answer is decoded by the ordinary jitted generator. Slots are absolute
+Thoughts are input embeddings (`Batch.embeds`, as Coconut's `inputs_embeds`): `SlotTransform`
+is an edit of the inputs that reads the embeddings at the latent slots, maps them (write
+thoughts, or any intervention of `latent_interventions`) and writes them back, so thoughts
+and interventions compose like other edits and the answer is decoded by the ordinary jitted
+generator. Slots are absolute
 positions, so the same edit serves the prompt forward and is a no-op in decode steps.
 
     prompt, slots = latent_prompt(ids_of_questions, k=6, bot=..., latent=..., eot=..., pad=...)
@@ -19,7 +20,6 @@ positions, so the same edit serves the prompt forward and is a no-op in decode s
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,18 +29,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxinterp import models
-from jaxinterp.edits import Edit, compose
+from jaxinterp.edits import Edit
 from jaxinterp.errors import ArgumentError
-from jaxinterp.models import Batch, Context, make_batch
+from jaxinterp.models import Batch, make_batch
 
 Array = jax.Array
 
 
 @struct.dataclass
 class SlotTransform(Edit):
-    """At `embed`, replaces the embeddings z [B, K, D] found at absolute `positions` [B, K] by `fn(z, args)`.
+    """Replaces the input embeddings z [B, K, D] at absolute `positions` [B, K] by `fn(z, args)`.
 
+    An edit of the inputs (`Edit.inputs`): it writes `Batch.embeds` at the slots (setting
+    `embeds_mask` there), so a thought means what `inputs_embeds` means in every family: it
+    replaces the token embedding and the family's position embedding is still added (GPT-2).
+    Transforms read the embeddings written by the edits before them (`write_thoughts` first).
     Slots whose position is not in the forward (decode steps, or -1) are left alone.
     """
 
@@ -50,17 +53,29 @@ class SlotTransform(Edit):
 
     @property
     def sites(self) -> tuple[str, ...]:
-        return ("embed",)
+        return ()
 
-    def __call__(self, x: Array, ctx: Context) -> Array:
-        if ctx.decoding:
-            return x
-        hit = (ctx.positions[:, :, None] == self.positions[:, None, :]) & (self.positions[:, None, :] >= 0)
-        weights = hit.astype(x.dtype)
-        z = jnp.einsum("btk,btd->bkd", weights, x)
-        new = self.fn(z, self.args).astype(x.dtype)
+    def inputs(self, batch: Batch, decoding: bool) -> Batch:
+        if decoding:
+            return batch
+        hit = (batch.positions[:, :, None] == self.positions[:, None, :]) & (self.positions[:, None, :] >= 0)
+        hit = hit & batch.mask[:, :, None]
+        at_slot = jnp.any(hit, axis=-1)
+        if batch.embeds is None:
+            if self.fn is not _replace:
+                raise ArgumentError(f"edit {type(self).__name__}: transforms thoughts, but the batch carries no input "
+                                    "embeddings at its slots; put write_thoughts(...) before it")
+            embeds = jnp.zeros((*batch.tokens.shape, self.args.shape[-1]), self.args.dtype)
+            written = jnp.zeros(batch.tokens.shape, bool)
+        else:
+            embeds = batch.embeds
+            written = jnp.ones(batch.tokens.shape, bool) if batch.embeds_mask is None else batch.embeds_mask
+        weights = hit.astype(embeds.dtype)
+        z = jnp.einsum("btk,btd->bkd", weights, embeds)
+        new = self.fn(z, self.args).astype(embeds.dtype)
         chex.assert_equal_shape([z, new])
-        return jnp.where(jnp.any(hit, axis=-1, keepdims=True), jnp.einsum("btk,bkd->btd", weights, new), x)
+        embeds = jnp.where(at_slot[..., None], jnp.einsum("btk,bkd->btd", weights, new), embeds)
+        return batch.replace(embeds=embeds, embeds_mask=written | at_slot)
 
 
 def _replace(z: Array, vectors: Array) -> Array:
@@ -110,7 +125,7 @@ class CodiProjection:
         return (y - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale + self.bias
 
 
-def thoughts_forward(config: Any, params: Any, prompt: Batch, slots: Array, projection: CodiProjection | None,
+def thoughts_forward(model: Any, prompt: Batch, slots: Array, projection: CodiProjection | None,
                      edits: tuple = ()) -> Array:
     """The thoughts [B, K, D] of the Coconut loop (CODI's with a projection): K forwards, the j-th
     with z_1..z_{j-1} written, reading z_j = (projected) final-norm state at slot_j - 1.
@@ -123,34 +138,28 @@ def thoughts_forward(config: Any, params: Any, prompt: Batch, slots: Array, proj
 
     def step(j, z):
         written = jnp.where(jnp.arange(k)[None, :] < j, slots, -1)
-        _, captured = models.forward(config, params, prompt, capture=("final_norm",),
-                                     edits=(write_thoughts(z, written), *edits))
+        captured = model.apply(prompt, capture=("final_norm",), edits=(write_thoughts(z, written), *edits)).captured
         h = captured["final_norm"][rows, index_of[:, j] - 1].astype(jnp.float32)
         h = h if projection is None else projection(h)
         return z.at[:, j].set(h)
 
-    z = jnp.zeros((batch, k, config.hidden_size), jnp.float32)
+    z = jnp.zeros((batch, k, model.config.hidden_size), jnp.float32)
     return jax.lax.fori_loop(0, k, step, z) if k else z
 
 
-_thoughts = jax.jit(thoughts_forward, static_argnums=(0,))
+_thoughts = jax.jit(thoughts_forward)
 
 
 def continuous_thoughts(model, prompt: Batch, slots: Array, *, projection: CodiProjection | None = None,
                         edits: Edit | Sequence[Edit] | None = ()) -> Array:
     """Thoughts [B, K, D] of `model` for a prompt from `latent_prompt` (Coconut; CODI with `projection`)."""
     chex.assert_rank(slots, 2)
-    return _thoughts(model.config, model.params, prompt, jnp.asarray(slots, jnp.int32), projection, compose(edits))
+    return _thoughts(model, model.batch(prompt), jnp.asarray(slots, jnp.int32), projection, model.check_edits(edits))
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _answer_log_prob(config, params, prompt, answers, answer_mask, edits):
-    tokens = jnp.concatenate([prompt.tokens, answers], axis=1)
-    mask = jnp.concatenate([prompt.mask, answer_mask], axis=1)
-    batch = make_batch(tokens, mask, positions=jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0))
-    output, _ = models.forward(config, params, batch, edits=edits)
-    width = prompt.tokens.shape[1]
-    logits = output.logits[:, width - 1:-1]
+@jax.jit
+def _answer_log_prob(model, batch, answers, answer_mask, edits):
+    logits = model.apply(batch, edits=edits).logits[:, batch.tokens.shape[1] - answers.shape[1] - 1:-1]
     log_p = jnp.take_along_axis(jax.nn.log_softmax(logits), answers[..., None], axis=-1)[..., 0]
     return jnp.sum(log_p * answer_mask, axis=1)
 
@@ -161,7 +170,10 @@ def answer_log_prob(model, prompt: Batch, answers: Array, *, answer_mask: Array 
     (left-padded) prompt: the target of the causal probes' Delta log p (ILI Eq. 9)."""
     answers = jnp.asarray(answers, jnp.int32)
     mask = jnp.ones(answers.shape, bool) if answer_mask is None else jnp.asarray(answer_mask, bool)
-    return _answer_log_prob(model.config, model.params, prompt, answers, mask, compose(edits))
+    full = jnp.concatenate([prompt.mask, mask], axis=1)
+    batch = model.batch(make_batch(jnp.concatenate([prompt.tokens, answers], axis=1), full,
+                                   positions=jnp.maximum(jnp.cumsum(full, axis=1) - 1, 0)))
+    return _answer_log_prob(model, batch, answers, mask, model.check_edits(edits))
 
 
 def answer_gradient(model, prompt: Batch, slots: Array, thoughts: Array, answers: Array) -> Array:

@@ -22,16 +22,16 @@ image iff rank(k) <= rank(q); all other attention stays causal (spec dape_br.md)
 
 Positions are data (`Batch.positions`, read by RoPE at prefill and, continued from the prompt's
 last id, at every decode step). Because the rank rule unmasks keys that the causal mask would
-hide, `PositionalModel` runs the decoder with its causal switch off and applies the whole mask
-(causal outside the image, ranks inside) as an edit on `attn.scores`, prepended to every run,
-gradient and generation; its batches get the scheme's ids.
+hide, `with_scheme` turns the decoder's causal mask off and makes the whole mask (causal
+outside the image, ranks inside) a default edit on `attn.scores` of the model value, so
+every run, gradient, generation and method applies it; its batches get the scheme's ids.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -40,7 +40,7 @@ import numpy as np
 from flax import struct
 
 from jaxinterp.attention.checks import check_segment
-from jaxinterp.edits import Edit, compose
+from jaxinterp.edits import Edit
 from jaxinterp.errors import ArgumentError
 from jaxinterp.model import Model
 from jaxinterp.models import Batch
@@ -206,44 +206,16 @@ def _bidirectional(config: Any) -> Any:
     return dataclasses.replace(config, causal=False)
 
 
-class PositionalModel(Model):
-    """A model whose batches carry a scheme's position ids and whose forwards apply its mask.
-
-    Shares the parameters, tokenizer and processor of `model`; every `run`, `grad` and
-    `generate` prepends the `SchemeMask` to the given edits, and every batch gets the
-    scheme's ids (prompts given to `generate` too, so decoding continues from them).
-    """
-
-    def __init__(self, model: Model, scheme: Scheme, *, span: str = "image"):
-        config = model.config
-        offset, rows, cols = config.image_grid if hasattr(config, "image_grid") else (0, *scheme.grid)
-        if (rows, cols) != scheme.grid:
-            raise ArgumentError(f"image grid: the model's images are {rows} x {cols} patches, the {scheme.name} "
-                                f"scheme was built for {scheme.grid[0]} x {scheme.grid[1]}")
-        super().__init__(_bidirectional(config), model.params, model.tokenizer, processor=model.processor,
-                         source=f"{model.source or config.family}+{scheme.name}")
-        self.scheme, self.span, self.offset = scheme, check_segment(span), offset
-        patches = np.full(scheme.offsets.size, -1) if scheme.ranks is None else scheme.ranks.ravel()
-        ranks = np.concatenate([np.full(offset, -1), patches])
-        self.mask = SchemeMask(ranks=jnp.asarray(ranks, jnp.int32), span=self.span)
-
-    def batch(self, inputs: Any) -> Batch:
-        return scheme_positions(super().batch(inputs), self.scheme, offset=self.offset, span=self.span)
-
-    def _edits(self, edits: Any) -> tuple[Edit, ...]:
-        return super()._edits(compose(self.mask, edits))
-
-    def generate(self, prompts: str | Sequence[str] | Batch, max_new_tokens: int = 32, *, chat: bool = False,
-                 **options: Any):
-        """`Model.generate` on the scheme's ids (text prompts are encoded left-padded first)."""
-        if not isinstance(prompts, Batch):
-            prompts = self.encode(prompts, chat=chat, padding="left")
-        return super().generate(self.batch(prompts), max_new_tokens, **options)
-
-
-def with_scheme(model: Model | str, scheme: Scheme | str, **options: Any) -> PositionalModel:
+def with_scheme(model: Model | str, scheme: Scheme | str, *, span: str = "image", **options: Any) -> Model:
     """`model` (or `jaxinterp.load(model)`) under a scheme, given as a `Scheme` or a name in
-    `SCHEMES` built for the model's image grid with `options` (e.g. `metric="l2"` for DAPE-BR)."""
+    `SCHEMES` built for the model's image grid with `options` (e.g. `metric="l2"` for DAPE-BR).
+
+    The result is the same model value with three things replaced, so every path that runs it
+    (`run`, `grad`, `generate`, attribution, attention statistics, every method) keeps them:
+    its batches get the scheme's position ids (`prepare`), its decoder's mask is bidirectional
+    and the `SchemeMask` default edit supplies the whole mask; the objective (and so which
+    logit row a target reads) is the model's own.
+    """
     if isinstance(model, str):
         from jaxinterp.loader import load
 
@@ -255,4 +227,16 @@ def with_scheme(model: Model | str, scheme: Scheme | str, **options: Any) -> Pos
             raise ArgumentError(f"scheme {scheme!r}: {model.config.family} has no image grid; build the Scheme "
                                 "with its rows and cols")
         scheme = SCHEMES[scheme](*model.config.image_grid[1:], **options)
-    return PositionalModel(model, scheme)
+    config = model.config
+    offset, rows, cols = config.image_grid if hasattr(config, "image_grid") else (0, *scheme.grid)
+    if (rows, cols) != scheme.grid:
+        raise ArgumentError(f"image grid: the model's images are {rows} x {cols} patches, the {scheme.name} "
+                            f"scheme was built for {scheme.grid[0]} x {scheme.grid[1]}")
+    span = check_segment(span)
+    patches = np.full(scheme.offsets.size, -1) if scheme.ranks is None else scheme.ranks.ravel()
+    ranks = np.concatenate([np.full(offset, -1), patches])
+    mask = SchemeMask(ranks=jnp.asarray(ranks, jnp.int32), span=span)
+    return model.replace(
+        config=_bidirectional(config), edits=(mask, *model.edits),
+        prepare=(*model.prepare, functools.partial(scheme_positions, scheme=scheme, offset=offset, span=span)),
+        source=f"{model.source or config.family}+{scheme.name}")

@@ -18,7 +18,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp import models
 from jaxinterp.edits import Edit
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models import Batch
@@ -41,20 +40,20 @@ def _extend(prompt: Batch, steps: int) -> Batch:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("config", "steps"))
-def _loop(config: Any, params: Any, prompt: Batch, edits: tuple, *, steps: int) -> tuple[Array, Array]:
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _loop(model: Any, prompt: Batch, edits: tuple, *, steps: int) -> tuple[Array, Array]:
     length = prompt.tokens.shape[1]
 
     def body(step, state):
         batch, logits = state
-        scores = models.forward(config, params, batch, edits=edits)[0].logits[:, length - 1 + step]
+        scores = model.apply(batch, edits=edits).logits[:, length - 1 + step]
         token = jnp.argmax(scores, axis=-1).astype(jnp.int32)
         column = length + step
         batch = batch.replace(tokens=batch.tokens.at[:, column].set(token), mask=batch.mask.at[:, column].set(True),
                               segments=batch.segments.at[:, column].set(segment_id("generated")))
         return batch, logits.at[:, step].set(scores)
 
-    logits = jnp.zeros((prompt.tokens.shape[0], steps, config.vocab_size), jnp.float32)
+    logits = jnp.zeros((prompt.tokens.shape[0], steps, model.config.vocab_size), jnp.float32)
     batch, logits = jax.lax.fori_loop(0, steps, body, (_extend(prompt, steps), logits))
     return batch.tokens[:, length:], logits
 
@@ -68,4 +67,4 @@ def greedy(model: Any, prompt: Batch, max_new_tokens: int, *, edits: Edit | tupl
         raise ArgumentError("prompt: expected a left-padded Batch (last column all real tokens)")
     if max_new_tokens < 1:
         raise ArgumentError(f"max_new_tokens: expected a positive integer, found {max_new_tokens!r}")
-    return _loop(model.config, model.params, model.batch(prompt), model._edits(edits), steps=int(max_new_tokens))
+    return _loop(model, model.batch(prompt), model.check_edits(edits), steps=int(max_new_tokens))

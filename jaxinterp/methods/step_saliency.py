@@ -33,8 +33,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxinterp import models
-from jaxinterp.edits import Edit, FunctionEdit, compose
+from jaxinterp.edits import Edit, Pin
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models import Batch, Context
 
@@ -120,12 +119,8 @@ def objective_value(logits: Array, batch: Batch, objective: str, target: Array |
     return jnp.sum(row_objectives(logits, batch, objective, target))
 
 
-def _replace(x: Array, ctx: Context, value: Array) -> Array:
-    return value.astype(x.dtype)
-
-
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("span", "probed", "rule", "objective"))
-def _segment(config, params, batch, groups, target, edits, start_value, upstream, *, span, probed, rule, objective):
+@functools.partial(jax.jit, static_argnames=("span", "probed", "rule", "objective"))
+def _segment(model, batch, groups, target, edits, start_value, upstream, *, span, probed, rule, objective):
     """Per-row objectives (last range only, else zeros), step maps of the `probed` layers of the block
     range span = (first, stop), and the cotangent at `blocks.{first}.resid_pre` for the segment before.
 
@@ -136,11 +131,11 @@ def _segment(config, params, batch, groups, target, edits, start_value, upstream
     entry = f"blocks.{first}.resid_pre"
 
     def value(probes, delta):
-        pinned = (FunctionEdit((entry,), _replace, start_value),) if first > 0 else ()
+        pinned = (Pin(entry, start_value),) if first > 0 else ()
         probe = SaliencyProbe(layers=probed, rule=rule, probes=probes, groups=groups)
-        exit_site = () if stop == config.num_layers else (f"blocks.{stop}.resid_pre",)
-        output, captured = models.forward(config, params, batch, edits=(*edits, *pinned, probe), deltas={entry: delta},
-                                          capture=exit_site)
+        exit_site = () if stop == model.config.num_layers else (f"blocks.{stop}.resid_pre",)
+        output = model.apply(batch, edits=(*edits, *pinned, probe), deltas={entry: delta}, capture=exit_site)
+        captured = output.captured
         if not exit_site:
             rows = row_objectives(output.logits, batch, objective, target)
             return jnp.sum(rows), rows
@@ -153,9 +148,9 @@ def _segment(config, params, batch, groups, target, edits, start_value, upstream
     return rows, maps, cotangent
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("sites",))
-def _entries(config, params, batch, edits, *, sites):
-    return models.forward(config, params, batch, edits=edits, capture=sites)[1]
+@functools.partial(jax.jit, static_argnames=("sites",))
+def _entries(model, batch, edits, *, sites):
+    return model.apply(batch, edits=edits, capture=sites).captured
 
 
 def step_maps(
@@ -211,16 +206,16 @@ def step_maps(
     if layers_per_pass < 1:
         raise ArgumentError(f"layers_per_pass: expected a positive int, found {layers_per_pass!r}")
     groups = jax.nn.one_hot(jnp.where(batch.mask, steps, -1), n, dtype=jnp.float32)
-    edits = compose(edits)
+    edits = model.check_edits(edits)
     starts = list(range(layers[0], model.config.num_layers, layers_per_pass))
     spans = [(a, min(a + layers_per_pass, model.config.num_layers)) for a in starts]
-    entries = _entries(model.config, model.params, batch, edits, sites=tuple(f"blocks.{a}.resid_pre" for a in starts))
+    entries = _entries(model, batch, edits, sites=tuple(f"blocks.{a}.resid_pre" for a in starts))
     maps, upstream, loss = {}, None, None
     for first, stop in reversed(spans):  # backward through the blocks, one range at a time
         probed = tuple(layer for layer in layers if first <= layer < stop)
         start_value = entries[f"blocks.{first}.resid_pre"]
         value, found, upstream = _segment(
-            model.config, model.params, batch, groups, target, edits, start_value,
+            model, batch, groups, target, edits, start_value,
             jnp.zeros_like(start_value) if upstream is None else upstream,
             span=(first, stop), probed=probed, rule=rule, objective=objective)
         loss = value if loss is None else loss

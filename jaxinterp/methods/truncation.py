@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxinterp import models
 from jaxinterp.attention.checks import check_count, check_segment
 from jaxinterp.attention.spans import require_tokens
 from jaxinterp.attention.streaming import layer_patterns
@@ -148,14 +147,14 @@ def truncation_sweep(model: Any, inputs: Any, starts: Sequence[int], *, count: i
     require_tokens("answer", batch.segments)
     starts = check_starts(starts)
     keeps = [keep_top(model, batch, start=k, count=count, span=span, seed=seed, edits=edits) for k in starts]
-    config, params, extra = model.config, model.params, model._edits(edits)
+    extra = model.check_edits(edits)
     variations = {"start": jnp.asarray(starts, jnp.int32)}
     if count:
         variations["keep"] = jnp.stack(keeps)
 
     def scored(batch: Batch, variation: dict) -> tuple[Array, Array]:
         edit = Truncate(start=variation["start"], keep=variation.get("keep"), span=span)
-        logits = models.forward(config, params, batch, edits=(*extra, edit))[0].logits
+        logits = model.apply(batch, edits=(*extra, edit)).logits
         return answer_scores(logits, batch)
 
     log_prob, correct = sweep(scored, batch, variations, chunk_size=chunk_size)

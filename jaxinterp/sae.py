@@ -11,7 +11,7 @@ With the SAELens conventions:
     x^  = f @ W_dec + b_dec
 
 `hook_name` (a TransformerLens hook such as `blocks.8.hook_resid_pre`) names the site the
-SAE reads; our site patterns accept those names. `SpliceSAE` is the edit that replaces the
+SAE reads; our site patterns accept those names. `save_sae` writes the same two files. `SpliceSAE` is the edit that replaces the
 site by the reconstruction, with or without the error term x - x^, and scales or shifts
 chosen features on the way (ablation, steering).
 """
@@ -28,7 +28,7 @@ import numpy as np
 from flax import struct
 
 from jaxinterp.edits import Edit
-from jaxinterp.errors import CheckpointError, shown
+from jaxinterp.errors import ArgumentError, CheckpointError, shown
 from jaxinterp.models.hook_names import translate
 from jaxinterp.models.sites import Context
 
@@ -148,3 +148,24 @@ def load_sae(path: str | os.PathLike) -> SAE:
     weights = {key: jnp.asarray(np.asarray(tensors[key], np.float32)) for key in shapes}
     return SAE(**weights, architecture=architecture, k=k, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
                site=translate(cfg["hook_name"]))
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, hook_name: str) -> None:
+    """Writes `sae` to directory `path` as SAELens `cfg.json` + `sae_weights.safetensors`, read back by `load_sae`.
+
+    `hook_name` is the site in SAELens's spelling (e.g. `blocks.8.hook_resid_pre`); it must
+    name the SAE's own site.
+    """
+    if translate(hook_name) != sae.site:
+        raise ArgumentError(f"hook_name: expected a name of the SAE's site {sae.site!r}, found {hook_name!r}")
+    from safetensors.numpy import save_file
+
+    folder = pathlib.Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if sae.architecture == "jumprelu" else ())
+    save_file({name: np.asarray(getattr(sae, name), np.float32) for name in names}, str(folder / "sae_weights.safetensors"))
+    d_in, d_sae = sae.W_enc.shape
+    cfg = {"architecture": sae.architecture, "d_in": int(d_in), "d_sae": int(d_sae), "hook_name": hook_name,
+           "apply_b_dec_to_input": sae.apply_b_dec_to_input, "normalize_activations": "none",
+           **({"k": sae.k} if sae.architecture == "topk" else {})}
+    (folder / "cfg.json").write_text(json.dumps(cfg, indent=1))

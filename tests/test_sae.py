@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import jaxinterp as ji
-from jaxinterp.sae import SpliceSAE, load_sae
+from jaxinterp.sae import SpliceSAE, load_sae, save_sae
 from tests.attention_fixtures import tiny_decoder
 
 D_IN, D_SAE = 32, 64
@@ -66,6 +66,25 @@ def test_legacy_activation_fn_fields(tmp_path):
     write(tmp_path, cfg={"architecture": None, "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}})
     sae = load_sae(tmp_path)
     assert (sae.architecture, sae.k) == ("topk", 3)
+
+
+@pytest.mark.parametrize("architecture", ["standard", "jumprelu", "topk"])
+def test_save_sae_writes_files_load_sae_reads_back(tmp_path, architecture):
+    write(tmp_path / "original", architecture)
+    sae = load_sae(tmp_path / "original")
+    save_sae(sae, tmp_path / "copy", "blocks.1.hook_resid_pre")
+    again = load_sae(tmp_path / "copy")
+    assert (again.site, again.architecture, again.k) == (sae.site, sae.architecture, sae.k)
+    x = np.random.default_rng(2).normal(size=(3, D_IN)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(again.encode(x)), np.asarray(sae.encode(x)))
+    np.testing.assert_array_equal(np.asarray(again.decode(again.encode(x))), np.asarray(sae.decode(sae.encode(x))))
+
+
+def test_save_sae_refuses_another_sites_hook_name(tmp_path):
+    write(tmp_path)
+    with pytest.raises(ji.ArgumentError, match=r"hook_name: expected a name of the SAE's site 'blocks.1.resid_pre', "
+                                               r"found 'blocks.0.hook_resid_pre'"):
+        save_sae(load_sae(tmp_path), tmp_path / "copy", "blocks.0.hook_resid_pre")
 
 
 def test_splice_with_error_term_is_the_identity_and_without_it_the_reconstruction(tmp_path):

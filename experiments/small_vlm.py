@@ -285,8 +285,8 @@ def _train_and_save(settings: Settings, entry: str, progress: bool) -> None:
     rows = training_rows(model, shapes.examples("train", settings.train_images, settings.seed,
                                                  image_size=settings.image_size, patch_size=settings.patch_size))
     encoded = time.perf_counter()
-    model.params, curves = train(model, rows, settings, progress=progress)
-    jax.block_until_ready(model.params)
+    params, curves = train(model, rows, settings, progress=progress)
+    model = model.replace(params=jax.block_until_ready(params))
     record = {"settings": dataclasses.asdict(settings), "encode_seconds": encoded - started,
               "train_seconds": time.perf_counter() - encoded, "curves": curves}
     with open(f"{entry}.json.partial", "w") as f:

@@ -23,15 +23,14 @@ from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
-from jaxinterp.models.batch import Batch, KVCache, Output
-from jaxinterp.models.decoder import call_block, finish, frame
+from jaxinterp.models.batch import Batch, KVCache
 from jaxinterp.models.family import check_objective
-from jaxinterp.models.layers import Dense, DenseGeneral, RMSNorm
-from jaxinterp.models.rope import RopeConfig, apply_rotary, inverse_frequencies, rotary_tables
+from jaxinterp.models.layers import DenseGeneral, RMSNorm
+from jaxinterp.models.rope import RopeConfig, apply_rotary
+from jaxinterp.models.shell import gated_mlp, rotary_decoder
 from jaxinterp.models.sites import Context, Tap
 
 Array = jax.Array
@@ -281,13 +280,7 @@ class Block(nn.Module):
         )
         attn_out = DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, name="o_proj")(heads)
         x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
-        h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
-        gate = Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="gate_proj")(h)
-        up = Dense(cfg.intermediate_size, use_bias=cfg.mlp_bias, name="up_proj")(h)
-        act = tap(f"{prefix}.mlp.act", nn.silu(gate) * up, ctx)
-        mlp_out = Dense(cfg.hidden_size, use_bias=cfg.mlp_bias, name="down_proj")(act)
-        x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
-        return x, cache
+        return gated_mlp(x, cfg=cfg, prefix=prefix, tap=tap, ctx=ctx, bias=cfg.mlp_bias), cache
 
 
 class Llama(nn.Module):
@@ -298,24 +291,5 @@ class Llama(nn.Module):
     @nn.compact
     def __call__(self, batch: Batch, tap: Tap, cache: KVCache | None = None, decoding: bool = False):
         cfg = self.config
-        embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
-        windows = [cfg.window(i) for i in range(cfg.num_layers)]
-        shared = frame(batch, cache, causal=cfg.causal, windows=windows, decoding=decoding)
-        rotary = rotary_tables(batch.positions, inverse_frequencies(cfg.rope, cfg.head_dim))
-
-        x = batch.embed(embedding)
-        x = tap("embed", x, shared.ctx)
-        slots = []
-        for i in range(cfg.num_layers):
-            x, layer_slots = call_block(
-                Block(cfg, i, name=f"blocks_{i}"), x, tap=tap, ctx=shared.ctx, rotary=rotary,
-                allowed=shared.mask(windows[i]), cache=shared.layer_cache(i), write_at=shared.write_at,
-            )
-            slots.append(layer_slots)
-        x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), shared.ctx)
-        head = embedding if cfg.tie_word_embeddings else self.param(
-            "lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size)
-        )
-        logits = jnp.einsum("btd,vd->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
-        logits = tap("logits", logits, shared.ctx)
-        return Output(logits=logits, hidden=x, cache=finish(shared, slots, batch.tokens.shape[1]))
+        return rotary_decoder(self, cfg, batch, tap, cache, decoding, lambda i: Block(cfg, i, name=f"blocks_{i}"),
+                              [cfg.window(i) for i in range(cfg.num_layers)])

@@ -43,10 +43,10 @@ import optax
 
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
-from jaxinterp.models.batch import Batch, KVCache, Output
-from jaxinterp.models.decoder import call_block, finish, frame
-from jaxinterp.models.layers import Dense, DenseGeneral, RMSNorm
-from jaxinterp.models.rope import RopeConfig, apply_rotary, inverse_frequencies, rotary_tables
+from jaxinterp.models.batch import Batch, KVCache
+from jaxinterp.models.layers import DenseGeneral, RMSNorm
+from jaxinterp.models.rope import RopeConfig, apply_rotary
+from jaxinterp.models.shell import gated_mlp, rotary_decoder
 from jaxinterp.models.sites import Context, Tap
 
 Array = jax.Array
@@ -165,13 +165,7 @@ class MoABlock(nn.Module):
         dispatch = jax.nn.one_hot(experts, cfg.num_experts, dtype=heads.dtype)  # [B, T, k, E]
         attn_out = jnp.einsum("btkh,btke,ehd->btd", heads * slot_gates[..., None], dispatch, w_o.astype(heads.dtype))
         x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
-        h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
-        gate = Dense(cfg.intermediate_size, use_bias=False, name="gate_proj")(h)
-        up = Dense(cfg.intermediate_size, use_bias=False, name="up_proj")(h)
-        act = tap(f"{prefix}.mlp.act", nn.silu(gate) * up, ctx)
-        mlp_out = Dense(cfg.hidden_size, use_bias=False, name="down_proj")(act)
-        x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
-        return x, cache
+        return gated_mlp(x, cfg=cfg, prefix=prefix, tap=tap, ctx=ctx), cache
 
 
 class MoA(nn.Module):
@@ -182,24 +176,8 @@ class MoA(nn.Module):
     @nn.compact
     def __call__(self, batch: Batch, tap: Tap, cache: KVCache | None = None, decoding: bool = False):
         cfg = self.config
-        embedding = self.param("embed", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
-        shared = frame(batch, cache, causal=cfg.causal, decoding=decoding)
-        rotary = rotary_tables(batch.positions, inverse_frequencies(cfg.rope, cfg.head_dim))
-        x = batch.embed(embedding)
-        x = tap("embed", x, shared.ctx)
-        slots = []
-        for i in range(cfg.num_layers):
-            x, layer_slots = call_block(
-                MoABlock(cfg, i, name=f"blocks_{i}"), x, tap=tap, ctx=shared.ctx, rotary=rotary,
-                allowed=shared.mask(), cache=shared.layer_cache(i), write_at=shared.write_at,
-            )
-            slots.append(layer_slots)
-        x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), shared.ctx)
-        head = embedding if cfg.tie_word_embeddings else self.param(
-            "lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size)
-        )
-        logits = tap("logits", jnp.einsum("btd,vd->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32), shared.ctx)
-        return Output(logits=logits, hidden=x, cache=finish(shared, slots, batch.tokens.shape[1]))
+        return rotary_decoder(self, cfg, batch, tap, cache, decoding, lambda i: MoABlock(cfg, i, name=f"blocks_{i}"),
+                              [None] * cfg.num_layers)
 
 
 # ---------------------------------------------------------------------------------------

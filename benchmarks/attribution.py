@@ -5,7 +5,7 @@
 1. LLaVA-CAM at `blocks.*.resid_mid` of every decoder layer in one call (one forward, one
    backward) against one call per layer, and against a single layer alone: the all-layer
    call should cost at most 1.5x one layer, far less than the per-layer loop. Measured on the
-   trained small VLM (`experiments.small_vlm`, 2 decoder layers) and on a deeper random VLM of
+   trained small VLM (`jaxinterp.small_vlm`, 2 decoder layers) and on a deeper random VLM of
    the same width (`--deep-layers` decoder layers), where the layer count matters.
 2. Smooth LLaVA-CAM with N noisy copies as one batched (vmapped) call against N calls of the
    plain map on the noisy images in a Python loop: target at least 5x on CPU.
@@ -23,7 +23,7 @@ import jax
 
 import jaxinterp
 from benchmarks.common import median_seconds
-from experiments.small_vlm import load_small_vlm, pairs
+from jaxinterp.small_vlm import load_small_vlm, pairs
 from jaxinterp.attribution import attribute
 from jaxinterp.attribution.gradcam import pixel_noise_scale
 from jaxinterp.data import shapes

@@ -2,7 +2,7 @@
 
     python -m experiments.attribution_vlm [--scenes 40] [--out results/attribution_vlm]
 
-Both models of `experiments.small_vlm` (a causal tiny LLaVA and a LLaDA-V-style diffusion
+Both models of `jaxinterp.small_vlm` (a causal tiny LLaVA and a LLaDA-V-style diffusion
 MLLM, 8 x 8 patch grids over 32 x 32 images) answer every question of held-out synthetic
 scenes; each method then explains the model's own answer and its map is scored against the
 pixels of the objects the answer depends on (`Question.objects`): Obj-IoU (Otsu), Contrast,
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.outputs import output_dir, plt, save_figure, save_json
-from experiments.small_vlm import ANSWER_LENGTH, load_small_vlm, pairs, prompts
+from jaxinterp.small_vlm import ANSWER_LENGTH, load_small_vlm, pairs, prompts
 from jaxinterp.attribution import Contrast, Tokens, attribute, deletion_insertion, localisation
 from jaxinterp.attribution import diffusion_cam as dc
 from jaxinterp.data import shapes

@@ -2,7 +2,7 @@
 
     python -m experiments.vlm_attention [--images 100] [--kind llava] [--out results/vlm_attention]
 
-The model is `experiments.small_vlm`'s (trained once, then cached): 32 x 32 images of coloured
+The model is `jaxinterp.small_vlm`'s (trained once, then cached): 32 x 32 images of coloured
 shapes, an 8 x 8 patch grid (64 image tokens), a two-block causal decoder. Held-out scenes
 (`jaxinterp.data.shapes`, split `heldout`) with four questions each (presence, colour, position,
 count); every span (image / question / answer) comes from the prompts' segments.
@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
-from experiments import small_vlm
+from jaxinterp import small_vlm
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data import shapes
 from jaxinterp.methods.evas import evas, sink_profile

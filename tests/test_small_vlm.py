@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxinterp
-from experiments import small_vlm
+from jaxinterp import small_vlm
 from jaxinterp.data import shapes
 from jaxinterp.models.sites import segment_id
 

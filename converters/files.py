@@ -37,11 +37,13 @@ def root_of(folder: str | os.PathLike) -> str:
 
 
 def member(folder: str | os.PathLike, name: Any, *, listed_in: str) -> str:
-    """The path of `name`, an entry of `listed_in` (an index file), inside `folder`: a relative
-    path that stays inside it (no absolute path, no `..`)."""
+    """The path of `name`, an entry of `listed_in` (an index file), inside `folder`: a printable
+    relative path that stays inside it (no absolute path, no `..`)."""
     if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise CheckpointError(f"{listed_in}: entry {shown(repr(name))}: expected a file name inside "
-                              f"{os.fspath(folder)} (no absolute or '..' path)")
+        raise CheckpointError(f"{shown(listed_in, 300)}: entry {shown(repr(name))}: expected a file name inside "
+                              f"{shown(os.fspath(folder), 300)} (no absolute or '..' path)")
+    if not name.isprintable():  # the name reaches messages as part of a path
+        raise CheckpointError(f"{shown(listed_in, 300)}: entry {shown(repr(name))}: expected a printable file name")
     return os.path.join(folder, name)
 
 

@@ -21,6 +21,7 @@ from jaxinterp.converters.files import INDEX_LIMIT, member, read_json, regular_f
 from jaxinterp.converters.gguf_file import GGUFFile
 from jaxinterp.converters.safetensors_file import SafetensorsFile
 from jaxinterp.converters.tokenizers import load_tokenizer
+from jaxinterp.converters.torch_records import check_records
 from jaxinterp.errors import CheckpointError, shown
 
 
@@ -91,10 +92,9 @@ class TorchBinFile(_TorchTensors):
             if not (isinstance(name, str) and isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided
                     and str(tensor.dtype).removeprefix("torch.") in TORCH_DTYPES):
                 found = f"{tensor.dtype} {tensor.layout}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-                raise CheckpointError(
-                    f"{self.path}: entry {name!r}: expected a dense tensor of dtype {sorted(TORCH_DTYPES)}, found {found}"
-                )
-
+                raise CheckpointError(f"{self.path}: entry {shown(repr(name))}: expected a dense tensor of dtype "
+                                      f"{sorted(TORCH_DTYPES)}, found {shown(found)}")
+        check_records(self.path)
 
 
 class ModuleTensors(_TorchTensors):

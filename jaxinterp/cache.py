@@ -6,7 +6,7 @@ there afterwards. An entry's name and its manifest carry the sha256 of its sourc
 the library version, and an entry is used only when its manifest matches both, so a new
 source or a new jaxinterp builds a new entry. Conversion holds a file lock, so two
 processes loading at once end with one good entry; the entry is written under a temporary
-name and renamed into place when complete (`orbax_dir.save`), so a crash leaves no entry
+name and renamed into place when complete (`orbax_dir.writing`), so a crash leaves no entry
 that could load as valid.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import glob
 import hashlib
 import importlib.metadata
 import json
@@ -97,6 +96,12 @@ def file_hash(path: str) -> str:
     return known[key]
 
 
+def entry_path(name: str, source_hash: str) -> str:
+    """Where the cache keeps the conversion of built-in `name` from the source with this hash: the name
+    carries the hash, the directory format (a new format never meets an old entry) and the library version."""
+    return os.path.join(cache_root(), f"{name}-{source_hash[:16]}-f{orbax_dir.FORMAT}-{library_version()}")
+
+
 def is_current(entry: str, source_hash: str) -> bool:
     """Whether `entry` is a complete conversion of the source with this hash, by this library version."""
     if not orbax_dir.is_converted(entry):
@@ -105,27 +110,27 @@ def is_current(entry: str, source_hash: str) -> bool:
         manifest = orbax_dir.read_manifest(entry)
     except CheckpointError:
         return False
-    return manifest.get("source_hash") == source_hash and manifest.get("library_version") == library_version()
+    return (manifest.get("format") == orbax_dir.FORMAT and manifest.get("source_hash") == source_hash
+            and manifest.get("library_version") == library_version())
 
 
 def cached_conversion(name: str, convert: Callable[[str, str, str], None]) -> str:
     """Directory of the converted built-in `name`, converting it first if needed.
 
     `convert(source, destination, source_hash)` writes a converted directory atomically.
-    Under the lock, anything else found at the entry's name (a staging directory of a killed
-    writer, an entry whose manifest disagrees) is removed before converting again.
+    Under the lock, an entry whose manifest disagrees is removed before converting again
+    (`orbax_dir.writing` removes the staging directories of killed writers).
     """
     source = builtin_source(name)
     source_hash = file_hash(source)
     root = cache_root()
-    entry = os.path.join(root, f"{name}-{source_hash[:16]}-{library_version()}")
+    entry = entry_path(name, source_hash)
     if is_current(entry, source_hash):
         return entry
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, f".{os.path.basename(entry)}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_current(entry, source_hash):
-            for stale in glob.glob(os.path.join(root, glob.escape(orbax_dir.partial_prefix(entry)) + "*")) + [entry]:
-                shutil.rmtree(stale, ignore_errors=True)
+            shutil.rmtree(entry, ignore_errors=True)
             convert(source, entry, source_hash)
     return entry

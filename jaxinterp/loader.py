@@ -77,9 +77,15 @@ def save(model: Model, destination: str | os.PathLike, *, source: str | None = N
     """Writes a model (for example one trained with jaxinterp) as a directory that `load` restores.
 
     The directory holds an orbax checkpoint of the parameters, the config, the tokenizer, the
-    image processor and the provenance (see `jaxinterp.converters.orbax_dir`); it is written
-    atomically.
+    image processor, the provenance and the digests of its files (see
+    `jaxinterp.converters.orbax_dir`); it is written atomically.
     """
+    with orbax_dir.writing(destination) as staging:
+        _write(model, staging, source=source, source_hash=source_hash)
+    return os.fspath(destination)
+
+
+def _write(model: Model, staging: str, *, source: str | None, source_hash: str | None) -> None:
     dtypes = {x.dtype for x in jax.tree.leaves(model.params)}
     manifest = {
         **models.config_to_dict(model.config),
@@ -89,20 +95,25 @@ def save(model: Model, destination: str | os.PathLike, *, source: str | None = N
         "library_version": cache.library_version(),
         "image_processor": None if model.processor is None else dataclasses.asdict(model.processor),
     }
-    orbax_dir.save(destination, model.params, manifest, model.tokenizer)
-    return os.fspath(destination)
+    orbax_dir.write(staging, model.params, manifest, model.tokenizer)
 
 
 def convert(source: Any, destination: str | os.PathLike, *, dtype: str = "float32", progress: bool = True,
             source_hash: str | None = None) -> str:
-    """Converts a checkpoint into a directory that `load` restores without torch (see `save`)."""
-    model = _from_checkpoint(source, _dtype(dtype), progress)
-    described = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else model.source
-    return save(model, destination, source=described, source_hash=source_hash)
+    """Converts a checkpoint into a directory that `load` restores without torch (see `save`); the
+    destination is checked before the conversion starts."""
+    dtype = _dtype(dtype)
+    with orbax_dir.writing(destination) as staging:
+        model = _from_checkpoint(source, dtype, progress)
+        described = os.path.abspath(source) if isinstance(source, (str, os.PathLike)) else model.source
+        _write(model, staging, source=described, source_hash=source_hash)
+    return os.fspath(destination)
 
 
-def _restore(path: str, dtype: Any, layout: _Layout) -> Model:
+def _restore(path: str, dtype: Any, layout: _Layout, verify: bool) -> Model:
     manifest = orbax_dir.read_manifest(path)
+    if verify:
+        orbax_dir.verify(path, manifest)
     config = models.config_from_dict(manifest, source=os.path.join(path, orbax_dir.MANIFEST))
     saved = models.abstract_params(config, jnp.dtype(manifest["dtype"]))
     shardings = layout.shardings(config, saved)
@@ -121,8 +132,11 @@ def _restore(path: str, dtype: Any, layout: _Layout) -> Model:
 
 
 def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = True, mesh: Mesh | None = None,
-         strategy: str = "fsdp", axis: str | None = None) -> Model:
+         strategy: str = "fsdp", axis: str | None = None, verify: bool = True) -> Model:
     """Loads a model (see the module docstring); `dtype` is `float32` or `bfloat16`.
+
+    A converted directory (and a cache entry) is first checked against the digests of its
+    files; `verify=False` skips that check, for a user who accepts a damaged directory.
 
     With `mesh`, every parameter goes straight into its shards as it is converted or restored
     (`strategy` and `axis` as in `jaxinterp.shard`), so no device and no second host copy ever
@@ -134,7 +148,7 @@ def load(source: Any = "smollm2", *, dtype: str = "float32", progress: bool = Tr
         def build(src: str, dst: str, source_hash: str) -> None:
             convert(src, dst, progress=progress, source_hash=source_hash)
 
-        return _restore(cache.cached_conversion(source, build), dtype, layout).replace(source=source)
+        return _restore(cache.cached_conversion(source, build), dtype, layout, verify).replace(source=source)
     if isinstance(source, (str, os.PathLike)) and orbax_dir.is_converted(source):
-        return _restore(os.fspath(source), dtype, layout)
+        return _restore(os.fspath(source), dtype, layout, verify)
     return _from_checkpoint(source, dtype, progress, layout)

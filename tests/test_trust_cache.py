@@ -127,7 +127,7 @@ def test_a_writer_killed_mid_write_never_leaves_an_entry_that_loads(tiny_builtin
     source, conversions = tiny_builtin
     root = cache.cache_root()
     _kill_during_conversion(str(source), root, moment)
-    entry = os.path.join(root, f"smollm2-{cache.file_hash(str(source))[:16]}-{cache.library_version()}")
+    entry = cache.entry_path("smollm2", cache.file_hash(str(source)))
     left = _entries(root)
     assert left and all(".partial-" in name for name in left), left  # only a staging directory is left
     assert not os.path.exists(entry) and not cache.is_current(entry, cache.file_hash(str(source)))

@@ -342,7 +342,7 @@ def test_empty_and_tiny_files_are_named(tmp_path):
 @pytest.mark.parametrize("manifest, field", [
     ("{not json", "unreadable"),
     ("[1, 2]", "expected a JSON object"),
-    ('{"format": 2}', "format"),
+    ('{"format": 3}', "format"),
     ('{"format": 1, "config": {}}', "family"),
     ('{"format": 1, "family": "llama", "config": []}', "config"),
     ('{"format": 1, "family": "llama", "config": {}, "dtype": "object"}', "dtype"),

@@ -53,6 +53,9 @@ def write_atomic(path: str | os.PathLike, text: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".report-", suffix=".tmp")
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(handle, 0o666 & ~mask)  # mkstemp makes 0600: a colleague could not open the report
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as f:
             f.write(text)

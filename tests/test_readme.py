@@ -29,7 +29,7 @@ def test_tour_runs(smollm2, monkeypatch, capsys):
 
 def test_one_program_example_runs(smollm2, monkeypatch, capsys):
     _run_block("One program", smollm2, monkeypatch)
-    assert "(1, 6, 49152) True" in capsys.readouterr().out
+    assert "(1, 5, 49152) True" in capsys.readouterr().out
 
 
 @pytest.mark.slow

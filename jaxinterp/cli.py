@@ -39,15 +39,25 @@ EXAMPLES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the usage itself is one `--help` away)."""
+
+    def error(self, message: str):
+        from jaxinterp.errors import shown
+
+        print(f"{self.prog}: error: {shown(message, 500)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    shared = argparse.ArgumentParser(add_help=False)
+    shared = _Parser(add_help=False)
     shared.add_argument("--model", default="smollm2", help="built-in name, checkpoint path or converted directory")
     shared.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     shared.add_argument("--seed", type=int, default=0)
     shared.add_argument("--out", default=None, help="output file or folder (see each command)")
     shared.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
-    parser = argparse.ArgumentParser(prog="jaxinterp", description="Transformer models open to inspection and surgery in JAX.")
+    parser = _Parser(prog="jaxinterp", description="Transformer models open to inspection and surgery in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -316,14 +326,25 @@ def main(argv: list[str] | None = None) -> int:
     # transformers advises at import that without torch "models won't be available"; jaxinterp runs
     # its own models, so on the command line that advice only interrupts the output.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from jaxinterp.errors import JaxinterpError
+    from jaxinterp.errors import JaxinterpError, shown
 
     try:
         _run(args)
-    except JaxinterpError as e:
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"jaxinterp {args.command}: error: {e}", file=sys.stderr)
+        print(f"jaxinterp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, never a traceback: a user's mistake, the system's refusal, or our bug
+        if args.debug:
+            raise
+        if isinstance(e, JaxinterpError):
+            message = str(e)
+        elif isinstance(e, OSError):
+            message = f"{e.strerror or type(e).__name__}: {e.filename or e}"
+        else:
+            message = f"internal error ({type(e).__name__}: {e}); rerun with --debug and report the traceback"
+        print(f"jaxinterp {args.command}: error: {shown(message, 2000)}", file=sys.stderr)
         return 2
     return 0
 

@@ -112,9 +112,9 @@ def convert(source: Any, destination: str | os.PathLike, *, dtype: str = "float3
 
 def _restore(path: str, dtype: Any, layout: _Layout, verify: bool) -> Model:
     manifest = orbax_dir.read_manifest(path)
-    if verify:
-        orbax_dir.verify(path, manifest)
     config = models.config_from_dict(manifest, source=os.path.join(path, orbax_dir.MANIFEST))
+    if verify:  # after the config checks, which name a bad field before any parameter file is read
+        orbax_dir.verify(path, manifest)
     saved = models.abstract_params(config, jnp.dtype(manifest["dtype"]))
     shardings = layout.shardings(config, saved)
     if shardings is not None:  # orbax restores each device's shards only

@@ -38,3 +38,19 @@ def one_clean_line(message: str) -> None:
     """Asserts that an error message is one line of printable text (no control characters)."""
     assert message and "\n" not in message, f"expected one line, found {message!r}"
     assert message.isprintable(), f"control characters reach the terminal: {message!r}"
+
+
+def refused(call, *needles: str) -> str:
+    """The one clean line of the CheckpointError that `call()` raises within 30 s, checked to
+    hold every needle."""
+    import pytest
+
+    import jaxinterp as ji
+
+    with within(30), pytest.raises(ji.CheckpointError) as raised:
+        call()
+    message = str(raised.value)
+    one_clean_line(message)
+    for needle in needles:
+        assert needle in message, message
+    return message

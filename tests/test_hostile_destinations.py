@@ -16,17 +16,7 @@ import pytest
 
 import jaxinterp as ji
 from jaxinterp.converters import orbax_dir
-from tests.hostile import one_clean_line, within
-
-
-def _refused(call, *needles: str) -> str:
-    with within(30), pytest.raises(ji.CheckpointError) as error:
-        call()
-    message = str(error.value)
-    one_clean_line(message)
-    for needle in needles:
-        assert needle in message, message
-    return message
+from tests.hostile import refused, within
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "existing", "proc"])
@@ -36,7 +26,7 @@ def test_a_bad_destination_is_named_before_the_source_is_read(tmp_path, where):
     dst = {"under_a_file": tmp_path / "file" / "out", "existing": tmp_path / "existing",
            "proc": "/proc/jaxinterp-no-such-folder/out"}[where]
     # the source does not exist: an error about the destination proves it was checked first
-    message = _refused(lambda: ji.convert(str(tmp_path / "no-such-checkpoint"), str(dst), progress=False), str(dst))
+    message = refused(lambda: ji.convert(str(tmp_path / "no-such-checkpoint"), str(dst), progress=False), str(dst))
     assert "no-such-checkpoint" not in message
     assert sorted(os.listdir(tmp_path)) == ["existing", "file"]  # nothing left behind
 
@@ -45,7 +35,7 @@ def test_a_concurrent_writer_is_refused_in_one_line(tmp_path, tiny_checkpoint):
     dst = tmp_path / "out"
     with open(tmp_path / ".out.convert.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a live writer of `out` holds
-        _refused(lambda: ji.convert(tiny_checkpoint("smol")[0], str(dst), progress=False),
+        refused(lambda: ji.convert(tiny_checkpoint("smol")[0], str(dst), progress=False),
                  str(dst), "another process is writing it now")
     assert not dst.exists()
 
@@ -58,7 +48,7 @@ def test_a_destination_written_meanwhile_is_reported_and_the_staging_removed(tmp
             (dst / "theirs").mkdir(parents=True)  # another writer renamed its result into place first
             (open(os.path.join(staging, "mine"), "w")).close()
 
-    _refused(race, str(dst), "written by another process meanwhile")
+    refused(race, str(dst), "written by another process meanwhile")
     assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(dst) == ["theirs"]
 
 

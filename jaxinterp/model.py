@@ -264,7 +264,12 @@ class Model:
     def site_shapes(self, inputs: Inputs) -> dict[str, jax.ShapeDtypeStruct]:
         """Shape and dtype of every site for these inputs (computed abstractly, nothing runs)."""
         batch = self.batch(inputs)
-        return dict(_site_shapes(self.config, _spec(self.params), _spec(batch)))
+        return dict(_site_shapes(self.config, self._params_spec, _spec(batch)))
+
+    @functools.cached_property
+    def _params_spec(self) -> tuple:
+        """`_spec` of the parameters, once per model (every checked call asks for site shapes)."""
+        return _spec(self.params)
 
     def resolve_capture(self, capture: str | Sequence[str]) -> tuple[str, ...]:
         """Site names matched by capture pattern(s); a pattern that matches nothing is an error."""

@@ -1,7 +1,8 @@
 """Checkpoints in, parameter pytrees out.
 
 One shared converter serves every family: a family contributes only its name map
-(`converters/<family>.py`: parameter path -> checkpoint tensor name and layout). The
+(`models/<family>/checkpoint.py`: parameter path -> checkpoint tensor name and layout,
+found through `models.registry`). This package holds the checkpoint formats' readers. The
 converter checks the whole checkpoint against the map before reading data (missing,
 unexpected and wrongly shaped tensors are errors that name the file and the tensor), then
 reads, transforms and casts one tensor at a time, so that at most one tensor exists in two
@@ -19,23 +20,10 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from jaxinterp.converters import clip_vision, gpt2, llada, llama, llava, siglip_vision
-from jaxinterp.converters.layouts import Layout
 from jaxinterp.converters.sources import Checkpoint, RenamedSource, ShardedSource, open_checkpoint
 from jaxinterp.errors import CheckpointError
-
-# family -> its name map (one entry per line, so parallel additions merge cleanly)
-NAME_MAPS = {
-    "llama": llama,
-    "gpt2": gpt2,
-    "clip_vision": clip_vision,
-    "siglip_vision": siglip_vision,
-    "llava": llava,
-}
-# checkpoint `model_type` -> name map, where a format's tensor names differ from its family's
-FORMATS = {
-    "llada": llada,
-}
+from jaxinterp.models import registry
+from jaxinterp.models.layouts import Layout
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -118,7 +106,7 @@ def convert(
       put: `put(path, value)` places each converted tensor (already in `dtype`), e.g. straight
         into its shards; default: a copy on the default device.
     """
-    names = FORMATS.get(checkpoint.hf_config.get("model_type")) or NAME_MAPS[config.family]
+    names = registry.checkpoint_names(config, checkpoint.hf_config.get("model_type"))
     tensors = checkpoint.tensors
     if hasattr(names, "canonical"):  # a format with older tensor names that the map renames
         tensors = RenamedSource(tensors, names.canonical)

@@ -3,7 +3,8 @@
 The header is parsed and checked in full first (`gguf_header`), and the sizes the config
 is built from must agree with the tensors in the file. Quantised tensors are then read from
 a memory map and dequantised with the `gguf` package, one tensor at a time. Names
-are translated to the Hugging Face layout, and the query/key rows that llama.cpp permutes
+are translated to the Hugging Face layout (each architecture's table is its family's:
+`models/llama/gguf.py`), and the query/key rows that llama.cpp permutes
 for its interleaved rotary layout are permuted back, so the family name maps only ever
 speak Hugging Face names. The tokenizer is rebuilt from the parsed metadata
 (`gguf_tokenizer`), without torch.
@@ -21,27 +22,16 @@ import numpy as np
 from jaxinterp.converters.gguf_header import TensorInfo, read_header
 from jaxinterp.converters.gguf_tokenizer import gguf_tokenizer
 from jaxinterp.errors import CheckpointError, shown
+from jaxinterp.models import registry
+from jaxinterp.models.family import GGUFNames
 
-# llama.cpp tensor names -> Hugging Face names, for the architectures we read.
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# Architectures whose q/k rows llama.cpp's converter permuted (it does so for Llama only).
-_PERMUTED = {"llama"}
-ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}
-
-
-def _hf_name(name: str) -> str | None:
+def _hf_name(name: str, names: GGUFNames) -> str | None:
     match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
-    if match and match.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}.{match.group(3)}"
+    if match and match.group(2) in names.blocks:
+        return f"model.layers.{match.group(1)}.{names.blocks[match.group(2)]}.{match.group(3)}"
     match = re.fullmatch(r"(\w+)\.(weight|bias)", name)
-    if match and match.group(1) in _TOP_NAMES:
-        return f"{_TOP_NAMES[match.group(1)]}.{match.group(2)}"
+    if match and match.group(1) in names.top:
+        return f"{names.top[match.group(1)]}.{match.group(2)}"
     return None
 
 
@@ -62,17 +52,18 @@ class GGUFFile:
         header = read_header(self.path, self._data)
         self.metadata = header.metadata
         arch = self.metadata.get("general.architecture")
-        if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        architectures = registry.gguf_names()
+        if not isinstance(arch, str) or arch not in architectures:
             raise CheckpointError(
-                f"{self.path}: metadata field general.architecture: expected one of {sorted(ARCHITECTURES)}, "
+                f"{self.path}: metadata field general.architecture: expected one of {sorted(architectures)}, "
                 f"found {shown(repr(arch))}"
             )
-        self.architecture = arch
+        self.architecture, self._names = arch, architectures[arch]
         self._tensors: dict[str, TensorInfo] = {}
         for tensor in header.tensors.values():
             if tensor.name == "rope_freqs.weight":
                 raise CheckpointError(f"{self.path}: tensor rope_freqs.weight: per-frequency rope factors are not supported")
-            hf = _hf_name(tensor.name)
+            hf = _hf_name(tensor.name, self._names)
             if hf is None:
                 raise CheckpointError(f"{self.path}: tensor {tensor.name}: not a tensor of a {arch} model")
             self._tensors[hf] = tensor
@@ -119,7 +110,7 @@ class GGUFFile:
         embed = self._tensors.get("model.embed_tokens.weight")
         vocab = self._size("vocab_size", len(tokens) if isinstance(tokens, list) else embed.shape[0] if embed else None)
         config = {
-            "model_type": self.architecture,
+            "model_type": self._names.model_type,
             "vocab_size": vocab,
             "hidden_size": hidden,
             "intermediate_size": self._size("feed_forward_length"),
@@ -164,7 +155,7 @@ class GGUFFile:
         rows = self._data[tensor.start: tensor.start + tensor.size].reshape(
             *tensor.shape[:-1], tensor.dims[0] // block * block_bytes)
         values = gguf.quants.dequantize(rows, tensor.kind).reshape(tensor.shape)
-        if self.architecture in _PERMUTED and name.endswith(("q_proj.weight", "k_proj.weight")):
+        if self._names.permuted and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = self._size("attention.head_count")
             values = _unpermute(values, heads if "q_proj" in name else self._size("attention.head_count_kv", heads))
         return values

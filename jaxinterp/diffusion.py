@@ -119,7 +119,7 @@ def _check(model, gen_length, block_length, steps, remasking, temperature, cfg_s
         raise ArgumentError("model: masked-diffusion sampling needs a bidirectional masked-token model "
                             f"(config.causal=False, objective 'masked_token'); found causal={config.causal}, "
                             f"objective {config.objective!r}")
-    if getattr(config, "mask_token_id", None) is None:
+    if config.mask_token_id is None:
         raise ArgumentError("model: config.mask_token_id is not set; a masked-diffusion LM needs its mask token")
     if gen_length < 1 or block_length < 1 or gen_length % block_length:
         raise ArgumentError(f"block_length: expected a positive divisor of gen_length={gen_length}, found {block_length}")

@@ -135,7 +135,7 @@ class Model:
     def __repr__(self) -> str:
         cfg = self.config
         dtype = jax.tree.leaves(self.params)[0].dtype
-        vocab = f", vocab {cfg.vocab_size}" if hasattr(cfg, "vocab_size") else ""
+        vocab = "" if cfg.vocab_size is None else f", vocab {cfg.vocab_size}"
         return (f"Model({self.source or cfg.family}: {cfg.family}, {cfg.num_layers} layers, {cfg.num_heads} heads, "
                 f"hidden {cfg.hidden_size}{vocab}, {dtype})")
 
@@ -230,8 +230,7 @@ class Model:
         placed on the model's devices when sharded."""
         batch = self._as_batch(inputs)
         check_tokens(batch, self.config)
-        if hasattr(self.config, "check_batch"):
-            self.config.check_batch(batch)
+        self.config.check_batch(batch)
         for prepare in self.prepare:
             batch = prepare(batch)
         return self.place(batch)

@@ -56,7 +56,7 @@ def _row(model: Model, question: str, images: int, system: str | None, answer: s
         text = "\n".join(p for p in (system, question) if p) + (answer or "")
     spans = _spans(text, [("system", system), ("question", question), ("answer", answer)])
     encoded = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
-    image_id = getattr(config, "image_token_id", None)
+    image_id = config.image_token_id
     segments = []
     for token, (start, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
         name = next((seg for lo, hi, seg in spans if lo <= start < hi), "prompt")

@@ -136,7 +136,7 @@ def plan(source: str | Any, *, mesh: Mapping[str, int], strategy: str = "fsdp", 
         if not isinstance(value, int) or value < 1:
             raise ArgumentError(f"{name}: expected a positive integer, found {value!r}")
     name, config = config_of(source) if isinstance(source, str) else (type(source).__name__, source)
-    decoder = getattr(config, "text", config)  # a vision-language model plans its decoder's cache
+    decoder = config.decoder  # a vision-language model plans its decoder's cache
     itemsize = np.dtype(jnp.dtype(dtype)).itemsize
     params = models.abstract_params(config, jnp.dtype(dtype))
     specs, batch_axes = parameter_specs(config, params, mesh, strategy, axis=axis)

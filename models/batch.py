@@ -115,13 +115,13 @@ def check_tokens(batch: Batch, config: object) -> None:
     real = np.asarray(batch.mask) if batch.embeds_mask is None else np.asarray(batch.mask & ~batch.embeds_mask)
     if batch.embeds is not None and batch.embeds_mask is None or not real.any():
         return
-    vocab = getattr(config, "vocab_size", None)
+    vocab = config.vocab_size
     tokens = np.asarray(batch.tokens)[real]
-    placeholder = getattr(config, "image_token_id", None)  # image placeholders, which the model replaces
+    placeholder = config.image_token_id  # image placeholders, which the model replaces
     tokens = tokens if placeholder is None else tokens[tokens != placeholder]
     if vocab is not None and tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
         raise ArgumentError(f"inputs: token ids must lie in [0, {vocab}); found {tokens.min()}..{tokens.max()}")
-    limit = config.max_position_embeddings if getattr(config, "learned_positions", False) else None
+    limit = config.max_position_embeddings if config.learned_positions else None
     positions = np.asarray(batch.positions)[real]
     if limit is not None and (positions.min() < 0 or positions.max() >= limit):
         raise ArgumentError(f"inputs: positions must lie in [0, {limit}) (the model's learned position table); "

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxinterp.errors import ConfigError, shown
+from jaxinterp.models.family import FamilyConfig
 
 # HF keys the families read, by kind (nested rope dicts and text/vision sub-configs included).
 HF_SIZES = (
@@ -76,7 +77,7 @@ def check_config(config: Any, *, source: str) -> None:
     """Raises ConfigError when a field of a family config (or of its nested configs) is out of range."""
     fields = vars(config)
     for name, value in fields.items():
-        if hasattr(value, "family"):
+        if isinstance(value, FamilyConfig):
             check_config(value, source=source)
         elif name in SIZE_LIMITS and value is not None and not (
                 type(value) is int and 1 <= value <= SIZE_LIMITS[name]):

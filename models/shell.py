@@ -1,5 +1,6 @@
-"""The pieces decoder families share instead of copying: the token embedder, the gated MLP,
-the unembedding, and the whole rotary RMSNorm decoder shell (Llama, LLaDA, MoA).
+"""The pieces families share instead of copying: the token embedder, the gated MLP, the
+unembedding, the whole rotary RMSNorm decoder shell (Llama, LLaDA, MoA) and the pre-LN
+LayerNorm block (GPT-2, the CLIP and SigLIP towers).
 
 Each runs inside a Flax module's compact `__call__` (the submodules it creates belong to that
 module, so parameter paths are the family's own: `blocks_3/gate_proj`, `final_norm`, `lm_head`).
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 
 from jaxinterp.models.batch import Batch, KVCache, Output
 from jaxinterp.models.decoder import call_block, finish, frame
-from jaxinterp.models.layers import Dense, RMSNorm
+from jaxinterp.models.attention import attend
+from jaxinterp.models.layers import Dense, DenseGeneral, LayerNorm, RMSNorm, activation
 from jaxinterp.models.rope import inverse_frequencies, rotary_tables
 from jaxinterp.models.sites import Context, Tap
 
@@ -63,3 +65,31 @@ def rotary_decoder(module: nn.Module, cfg: Any, batch: Batch, tap: Tap, cache: K
     x = tap("final_norm", RMSNorm(cfg.rms_norm_eps, name="final_norm")(x), shared.ctx)
     logits = unembed(module, cfg, x, table, tap, shared.ctx)
     return Output(logits=logits, hidden=x, cache=finish(shared, slots, batch.tokens.shape[1]))
+
+
+class LayerNormBlock(nn.Module):
+    """Pre-LN block: LayerNorm'd attention and MLP, each added to the residual stream (GPT-2's
+    decoder block, and the CLIP/SigLIP encoder block with `sites="vision.blocks"`). The config
+    needs `hidden_size`, `num_heads`, `head_dim`, `intermediate_size`, `layer_norm_eps` and
+    `activation`."""
+
+    config: Any
+    layer: int
+    sites: str = "blocks"
+
+    @nn.compact
+    def __call__(self, x, *, tap: Tap, ctx: Context, allowed, cache, write_at):
+        cfg, prefix = self.config, f"{self.sites}.{self.layer}"
+        ctx = ctx.replace(layer=self.layer)
+        x = tap(f"{prefix}.resid_pre", x, ctx)
+        h = LayerNorm(cfg.layer_norm_eps, name="attn_norm")(x)
+        q, k, v = (DenseGeneral((cfg.num_heads, cfg.head_dim), name=f"{n}_proj")(h) for n in "qkv")
+        heads, cache = attend(q, k, v, allowed=allowed, tap=tap, prefix=prefix, ctx=ctx,
+                              scale=cfg.head_dim ** -0.5, cache=cache, write_at=write_at)
+        attn_out = DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj")(heads)
+        x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
+        h = LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(x)
+        act = tap(f"{prefix}.mlp.act", activation(cfg.activation)(Dense(cfg.intermediate_size, name="fc")(h)), ctx)
+        mlp_out = Dense(cfg.hidden_size, name="proj")(act)
+        x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
+        return x, cache

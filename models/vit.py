@@ -4,7 +4,7 @@ An image [C, H, W] is cut into square patches, each projected to the residual wi
 reference's stride-p Conv2d is a dense map over a flattened patch), optionally preceded by
 a learned class token, summed with learned position embeddings (at the configured image
 size only: no interpolation) and, for CLIP, layer-normalised. Pre-LayerNorm encoder blocks
-(GPT-2's block: biased q/k/v/o projections, LayerNorm, a two-layer MLP) then attend
+(`shell.LayerNormBlock`, GPT-2's: biased q/k/v/o projections, a two-layer MLP) then attend
 bidirectionally over all tokens of an image.
 
 Sites (prefix `vision.`; shapes for B images, P tokens per image, D hidden, H heads,
@@ -34,15 +34,16 @@ import jax.numpy as jnp
 from jaxinterp.errors import ArgumentError, ConfigError
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
 from jaxinterp.models.decoder import call_block, frame
-from jaxinterp.models.gpt2 import Block
+from jaxinterp.models.family import FamilyConfig
 from jaxinterp.models.layers import ACTIVATIONS, DenseGeneral, LayerNorm, activation
+from jaxinterp.models.shell import LayerNormBlock
 from jaxinterp.models.sites import Context, Tap, segment_id
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class VisionConfig:
+class VisionConfig(FamilyConfig):
     """Shape of a ViT tower; a family subclass fixes the class attributes below.
 
     Attributes:
@@ -66,6 +67,8 @@ class VisionConfig:
     """
 
     family: ClassVar[str]
+    vocab_size: ClassVar[None] = None  # pixels in, no token vocabulary
+    causal: ClassVar[bool] = False  # every patch sees every patch
     class_token: ClassVar[bool]
     patch_bias: ClassVar[bool]
     pre_norm: ClassVar[bool]
@@ -122,13 +125,6 @@ class VisionConfig:
     def tensor_parallel_rules(self) -> dict[str, int]:
         """Parameter path regex -> the dimension that tensor parallelism splits (Megatron)."""
         return TENSOR_PARALLEL
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VisionConfig:
-        return cls(**data)
 
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], *, source: str = "config.json") -> VisionConfig:
@@ -243,7 +239,7 @@ class VisionTower(nn.Module):
         hidden = [tap("vision.embed", x, shared.ctx)]
         for i in range(layers):
             x, _ = call_block(
-                Block(cfg, i, sites="vision.blocks", name=f"blocks_{i}"), hidden[-1], tap=tap, ctx=shared.ctx,
+                LayerNormBlock(cfg, i, sites="vision.blocks", name=f"blocks_{i}"), hidden[-1], tap=tap, ctx=shared.ctx,
                 allowed=shared.mask(), cache=None, write_at=None,
             )
             hidden.append(x)

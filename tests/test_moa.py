@@ -13,6 +13,7 @@ import pytest
 
 import jaxinterp as ji
 from jaxinterp import models
+from jaxinterp.models import registry
 from jaxinterp.errors import ConfigError
 from jaxinterp.model import Model
 from jaxinterp.models import make_batch
@@ -37,7 +38,7 @@ def model():
 def test_config_rejects_k_larger_than_the_expert_count_and_registers():
     with pytest.raises(ConfigError, match="top_k: expected 1 <= top_k <= num_experts=4, found 5"):
         MoAConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_experts=4, top_k=5, head_dim=4)
-    assert models.FAMILIES["moa"] is MoAConfig
+    assert registry.family("moa").config is MoAConfig
     assert models.config_from_dict(models.config_to_dict(CONFIG)) == CONFIG
 
 

@@ -51,7 +51,7 @@ DEFAULT_TARGETS: dict[str, Callable] = {"diffusion_cam": diffusion_cam.default_t
 
 
 def _default_region(model, batch) -> str:
-    return "image" if hasattr(model.config, "image_grid") and batch.pixels is not None else "tokens"
+    return "image" if model.config.image_grid is not None and batch.pixels is not None else "tokens"
 
 
 def _check_options(name: str, fn: Callable, options: dict) -> None:

@@ -25,7 +25,7 @@ def check_region(region: str, config, batch: Batch) -> None:
         raise ArgumentError(f"region: expected one of {REGIONS}, found {region!r}")
     if region == "tokens":
         return
-    if not hasattr(config, "image_grid"):
+    if config.image_grid is None:
         raise ArgumentError(f"region='image': a {config.family} model has no image span (image tokens of a "
                             "vision-language model) to map; ask for region='tokens'")
     if batch.pixels is None:

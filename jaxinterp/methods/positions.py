@@ -195,17 +195,6 @@ class SchemeMask(Edit):
         return jnp.where(allowed[:, None], scores, MASKED)
 
 
-def _bidirectional(config: Any) -> Any:
-    """The config with its decoder's causal switch off."""
-    if hasattr(config, "text"):
-        return dataclasses.replace(config, text=_bidirectional(config.text))
-    fields = {f.name for f in dataclasses.fields(config)}
-    if "causal" not in fields or not config.causal:
-        raise ArgumentError(f"{config.family}: positional schemes need a causal decoder with a causal switch "
-                            "(the Llama family)")
-    return dataclasses.replace(config, causal=False)
-
-
 def with_scheme(model: Model | str, scheme: Scheme | str, *, span: str = "image", **options: Any) -> Model:
     """`model` (or `jaxinterp.load(model)`) under a scheme, given as a `Scheme` or a name in
     `SCHEMES` built for the model's image grid with `options` (e.g. `metric="l2"` for DAPE-BR).
@@ -223,12 +212,12 @@ def with_scheme(model: Model | str, scheme: Scheme | str, *, span: str = "image"
     if isinstance(scheme, str):
         if scheme not in SCHEMES:
             raise ArgumentError(f"scheme: expected one of {sorted(SCHEMES)}, found {scheme!r}")
-        if not hasattr(model.config, "image_grid"):
+        if model.config.image_grid is None:
             raise ArgumentError(f"scheme {scheme!r}: {model.config.family} has no image grid; build the Scheme "
                                 "with its rows and cols")
         scheme = SCHEMES[scheme](*model.config.image_grid[1:], **options)
     config = model.config
-    offset, rows, cols = config.image_grid if hasattr(config, "image_grid") else (0, *scheme.grid)
+    offset, rows, cols = (0, *scheme.grid) if config.image_grid is None else config.image_grid
     if (rows, cols) != scheme.grid:
         raise ArgumentError(f"image grid: the model's images are {rows} x {cols} patches, the {scheme.name} "
                             f"scheme was built for {scheme.grid[0]} x {scheme.grid[1]}")
@@ -237,6 +226,6 @@ def with_scheme(model: Model | str, scheme: Scheme | str, *, span: str = "image"
     ranks = np.concatenate([np.full(offset, -1), patches])
     mask = SchemeMask(ranks=jnp.asarray(ranks, jnp.int32), span=span)
     return model.replace(
-        config=_bidirectional(config), edits=(mask, *model.edits),
+        config=config.bidirectional(), edits=(mask, *model.edits),
         prepare=(*model.prepare, functools.partial(scheme_positions, scheme=scheme, offset=offset, span=span)),
         source=f"{model.source or config.family}+{scheme.name}")

@@ -151,7 +151,7 @@ def attribution_report(path: str | os.PathLike, attribution, model, *, row: int 
     if a.tokens is not None:
         ids = np.asarray(batch.tokens[row])[np.asarray(batch.mask[row])]
         scores = np.asarray(a.tokens)[chosen, row][: len(ids)]
-        image_id = getattr(model.config, "image_token_id", None)
+        image_id = model.config.image_token_id
         body += ["<h2>Tokens</h2>", strip_html(token_texts(model.tokenizer, ids), scores, targets=targets,
                                                image=None if image_id is None else ids == image_id)]
     body.append('<p class="note">Written by jaxinterp. Maps are shown as computed (colour bars give their '

@@ -68,7 +68,7 @@ def step_batch(model, sample: DiffusionSample, row: int = 0, *, answer_index: in
 
 def check_image_span(config, batch: Batch) -> None:
     """Raises unless the step's sequence holds every image token of its images (spec step 2)."""
-    if batch.pixels is None or not hasattr(config, "image_grid"):
+    if batch.pixels is None or config.image_grid is None:
         raise ArgumentError("step: Diffusion-CAM needs a vision-language diffusion model and a prompt with an image")
     expected = batch.pixels.shape[1] * config.tokens_per_image
     found = int(jnp.sum(batch.tokens == config.image_token_id))

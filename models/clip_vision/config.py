@@ -4,7 +4,7 @@ A class token precedes the patches, the patch projection has no bias, the embedd
 layer-normalised (`pre_layrnorm`) before the encoder, and the MLP uses quick-GELU. The
 standalone model's `last_hidden_state` is the encoder output: CLIP's `post_layernorm` only
 normalises the pooled class token, which this library does not compute (the checkpoint's
-`post_layernorm` tensors are skipped). The shared tower is in `models/vit.py`.
+`post_layernorm` tensors are skipped). The shared tower is in `models/vit.py`; this package's `checkpoint.py` names its tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +29,3 @@ class ClipVisionConfig(VisionConfig):
     hf_defaults: ClassVar[Mapping[str, Any]] = {
         **HF_DEFAULTS, "patch_size": 32, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu",
     }
-
-
-from_hf_config = ClipVisionConfig.from_hf_config

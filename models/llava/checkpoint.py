@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 
-from jaxinterp.converters.layouts import LINEAR, SAME, Layout
+from jaxinterp.models import registry
+from jaxinterp.models.layouts import LINEAR, SAME, Layout
 
 VISION_PREFIX = "model.vision_tower."
 TEXT_PREFIX = "model.language_model."
@@ -31,16 +32,9 @@ def canonical(name: str) -> str:
     return name
 
 
-def _maps():
-    from jaxinterp.converters import NAME_MAPS
-
-    return NAME_MAPS
-
-
 def name_map(config) -> dict[str, tuple[str, Layout]]:
     """Parameter path -> (tensor name, layout) for a `LlavaConfig`."""
-    maps = _maps()
-    table = dict(maps[config.vision.family].name_map(config.vision, prefix=VISION_PREFIX, tower_only=True))
+    table = dict(registry.checkpoint_names(config.vision).name_map(config.vision, prefix=VISION_PREFIX, tower_only=True))
     layers = config.vision_layers
     table = {path: rule for path, rule in table.items()
              if not (m := re.match(r"vision/blocks_(\d+)/", path)) or int(m.group(1)) < layers}
@@ -48,16 +42,15 @@ def name_map(config) -> dict[str, tuple[str, Layout]]:
         table[f"projector/{layer}/kernel"] = (f"model.multi_modal_projector.{layer}.weight", LINEAR)
         if config.projector_bias:
             table[f"projector/{layer}/bias"] = (f"model.multi_modal_projector.{layer}.bias", SAME)
-    text = maps[config.text.family].name_map(config.text, prefix=TEXT_PREFIX)
+    text = registry.checkpoint_names(config.text).name_map(config.text, prefix=TEXT_PREFIX)
     table.update({f"text/{path}": rule for path, rule in text.items()})
     return table
 
 
 def ignored(config) -> tuple[str, ...]:
-    maps = _maps()
     unused_layers = "|".join(str(i) for i in range(config.vision_layers, config.vision.num_layers)) or "(?!)"
     return (
-        *maps[config.vision.family].ignored(config.vision, prefix=VISION_PREFIX, tower_only=True),
+        *registry.checkpoint_names(config.vision).ignored(config.vision, prefix=VISION_PREFIX, tower_only=True),
         re.escape(VISION_PREFIX) + rf"encoder\.layers\.({unused_layers})\..*",
-        *maps[config.text.family].ignored(config.text, prefix=TEXT_PREFIX),
+        *registry.checkpoint_names(config.text).ignored(config.text, prefix=TEXT_PREFIX),
     )

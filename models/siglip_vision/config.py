@@ -4,7 +4,7 @@ No class token, a patch projection with bias, no LayerNorm before the encoder, a
 approximation) MLP, and a `post_layernorm` on every token of the encoder output, which is the
 standalone model's `last_hidden_state` (site `vision.post_norm`). The attention-pooling head
 (`head.*` tensors) is not implemented: its tensors are skipped. The shared tower is in
-`models/vit.py`.
+`models/vit.py`; this package's `checkpoint.py` names its tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +29,3 @@ class SiglipVisionConfig(VisionConfig):
     hf_defaults: ClassVar[Mapping[str, Any]] = {
         **HF_DEFAULTS, "patch_size": 16, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh",
     }
-
-
-from_hf_config = SiglipVisionConfig.from_hf_config

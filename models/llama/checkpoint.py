@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from jaxinterp.converters.layouts import LINEAR, LINEAR_SPLIT_IN, LINEAR_SPLIT_OUT, SAME, SPLIT, Layout
+from jaxinterp.models.layouts import LINEAR, LINEAR_SPLIT_IN, LINEAR_SPLIT_OUT, SAME, SPLIT, Layout
 
 
 def name_map(config, prefix: str = "model.", head: str = "lm_head.weight") -> dict[str, tuple[str, Layout]]:

@@ -9,7 +9,7 @@ the checkpoint holds.
 
 from __future__ import annotations
 
-from jaxinterp.converters.layouts import LINEAR, LINEAR_SPLIT_IN, LINEAR_SPLIT_OUT, SAME, SPLIT, Layout
+from jaxinterp.models.layouts import LINEAR, LINEAR_SPLIT_IN, LINEAR_SPLIT_OUT, SAME, SPLIT, Layout
 
 PLACEMENTS = ({"prefix": "vision_model."}, {"prefix": ""})
 

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.errors import ArgumentError, ConfigError
+from jaxinterp.models import registry
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
+from jaxinterp.models.family import FamilyConfig
 from jaxinterp.models.layers import Dense, activation
 from jaxinterp.models.sites import Context, Tap, segment_id
 from jaxinterp.models.vit import VisionConfig, VisionTower
@@ -35,7 +37,7 @@ SELECT_STRATEGIES = ("default", "full")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LlavaConfig:
+class LlavaConfig(FamilyConfig):
     """A vision tower, a projector and a decoder.
 
     Attributes:
@@ -47,14 +49,15 @@ class LlavaConfig:
       projector_activation: activation between the projector's two layers.
       projector_bias: the projector's layers carry biases.
 
-    Every other attribute (num_layers, vocab_size, eos_token_ids, ...) is the decoder's.
+    The decoder's attributes that the rest of the library reads of any model (`DECODER_ATTRIBUTES`:
+    num_layers, vocab_size, causal, objective, eos_token_ids, ...) read through to `text`.
     """
 
     family: ClassVar[str] = "llava"
 
     vision: VisionConfig
     text: Any
-    image_token_id: int
+    image_token_id: int = 32000  # transformers' default image_token_index
     feature_layer: int = -2
     select_strategy: str = "default"
     projector_activation: str = "gelu"
@@ -69,10 +72,12 @@ class LlavaConfig:
                               f"states, found {self.feature_layer}")
         activation(self.projector_activation)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("vision", "text"):
-            raise AttributeError(name)
-        return getattr(self.text, name)
+    @property
+    def decoder(self) -> FamilyConfig:
+        return self.text
+
+    def bidirectional(self) -> LlavaConfig:
+        return dataclasses.replace(self, text=self.text.bidirectional())
 
     @property
     def vision_layers(self) -> int:
@@ -131,33 +136,19 @@ class LlavaConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LlavaConfig:
-        from jaxinterp.models import config_from_dict
+        return cls(**{**data, "vision": registry.config_from_dict(data["vision"]),
+                      "text": registry.config_from_dict(data["text"])})
 
-        return cls(**{**data, "vision": config_from_dict(data["vision"]), "text": config_from_dict(data["text"])})
 
-
-def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> LlavaConfig:
-    """A `LlavaConfig` from a Hugging Face `LlavaForConditionalGeneration` config.json."""
-    from jaxinterp.models import config_from_hf
-
-    layer = hf.get("vision_feature_layer", -2)
-    if not isinstance(layer, int):
-        raise ConfigError(f"{source}: vision_feature_layer: expected one integer, found {layer!r}")
-    for part in ("vision_config", "text_config"):
-        if not isinstance(hf.get(part), Mapping):
-            raise ConfigError(f"{source}: {part}: expected an object, found {hf.get(part)!r}")
-    text = dict(hf["text_config"])
-    text.setdefault("model_type", "llama")
-    vision = config_from_hf({"model_type": "clip_vision_model", **hf["vision_config"]}, source=f"{source} (vision_config)")
-    return LlavaConfig(
-        vision=vision,
-        text=config_from_hf(text, source=f"{source} (text_config)"),
-        image_token_id=int(hf.get("image_token_index", hf.get("image_token_id", 32000))),
-        feature_layer=layer,
-        select_strategy=hf.get("vision_feature_select_strategy", "default"),
-        projector_activation=hf.get("projector_hidden_act", "gelu"),
-        projector_bias=bool(hf.get("multimodal_projector_bias", True)),
-    )
+# What the library reads of any model, answered for a VLM by its decoder.
+DECODER_ATTRIBUTES = (
+    "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size", "intermediate_size", "vocab_size",
+    "causal", "objective", "max_position_embeddings", "learned_positions", "tie_word_embeddings",
+    "bos_token_id", "eos_token_ids", "pad_token_id", "mask_token_id", "rms_norm_eps", "layer_norm_eps",
+)
+for _name in DECODER_ATTRIBUTES:
+    setattr(LlavaConfig, _name, property(lambda self, name=_name: getattr(self.text, name),
+                                         doc=f"The decoder's `{_name}`."))
 
 
 class Projector(nn.Module):

@@ -2,7 +2,7 @@
 
 Learned absolute positions, pre-LayerNorm blocks, a fused q/k/v projection (split into
 q/k/v parameters at conversion), a GELU MLP, and an output projection tied to the token
-embedding (or its own `lm_head` when a checkpoint unties them). Site names and shapes are those of the Llama family (see `models/llama.py`):
+embedding (or its own `lm_head` when a checkpoint unties them). Site names and shapes are those of the Llama family (see `models/llama/model.py`):
 `embed` is the sum of token and position embeddings; `mlp.act` is gelu(c_fc(x)).
 """
 
@@ -17,17 +17,18 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.errors import ConfigError
-from jaxinterp.models.attention import attend
 from jaxinterp.models.batch import Batch, KVCache, Output
 from jaxinterp.models.decoder import call_block, finish, frame
-from jaxinterp.models.layers import Dense, DenseGeneral, LayerNorm, activation
-from jaxinterp.models.sites import Context, Tap
+from jaxinterp.models.family import FamilyConfig
+from jaxinterp.models.layers import LayerNorm, activation
+from jaxinterp.models.shell import LayerNormBlock
+from jaxinterp.models.sites import Tap
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GPT2Config:
+class GPT2Config(FamilyConfig):
     """Shape and behaviour of a GPT-2 model.
 
     Attributes:
@@ -78,9 +79,6 @@ class GPT2Config:
     def tensor_parallel_rules(self) -> dict[str, int]:
         return TENSOR_PARALLEL
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GPT2Config:
         return cls(**{**data, "eos_token_ids": tuple(data.get("eos_token_ids", ()))})
@@ -94,58 +92,6 @@ TENSOR_PARALLEL = {
     r"blocks_\d+/fc/bias": 0,  # [F]
     r"blocks_\d+/proj/kernel": 0,  # [F, D]
 }
-
-
-def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> GPT2Config:
-    """A `GPT2Config` from a Hugging Face GPT-2 `config.json` dictionary."""
-    for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False)):
-        if bool(hf.get(key, supported)) != supported:
-            raise ConfigError(f"{source}: {key}: expected {supported}, found {hf[key]!r}")
-    hidden = int(hf.get("n_embd", 768))
-    eos = hf.get("eos_token_id")
-    return GPT2Config(
-        vocab_size=int(hf.get("vocab_size", 50257)),
-        hidden_size=hidden,
-        intermediate_size=int(hf.get("n_inner") or 4 * hidden),
-        num_layers=int(hf.get("n_layer", 12)),
-        num_heads=int(hf.get("n_head", 12)),
-        max_position_embeddings=int(hf.get("n_positions", 1024)),
-        layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        activation=str(hf.get("activation_function", "gelu_new")),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
-        pad_token_id=hf.get("pad_token_id"),
-    )
-
-
-class Block(nn.Module):
-    """Pre-LN block: attention and MLP, each added to the residual stream.
-
-    Also the encoder block of the CLIP and SigLIP vision towers (`models/vit.py`), whose
-    sites are named under `sites="vision.blocks"`.
-    """
-
-    config: GPT2Config
-    layer: int
-    sites: str = "blocks"
-
-    @nn.compact
-    def __call__(self, x, *, tap: Tap, ctx: Context, allowed, cache, write_at):
-        cfg, prefix = self.config, f"{self.sites}.{self.layer}"
-        ctx = ctx.replace(layer=self.layer)
-        x = tap(f"{prefix}.resid_pre", x, ctx)
-        h = LayerNorm(cfg.layer_norm_eps, name="attn_norm")(x)
-        q, k, v = (DenseGeneral((cfg.num_heads, cfg.head_dim), name=f"{n}_proj")(h) for n in "qkv")
-        heads, cache = attend(q, k, v, allowed=allowed, tap=tap, prefix=prefix, ctx=ctx,
-                              scale=cfg.head_dim ** -0.5, cache=cache, write_at=write_at)
-        attn_out = DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj")(heads)
-        x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
-        h = LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(x)
-        act = tap(f"{prefix}.mlp.act", activation(cfg.activation)(Dense(cfg.intermediate_size, name="fc")(h)), ctx)
-        mlp_out = Dense(cfg.hidden_size, name="proj")(act)
-        x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)
-        return x, cache
 
 
 class GPT2(nn.Module):
@@ -164,7 +110,7 @@ class GPT2(nn.Module):
         slots = []
         for i in range(cfg.num_layers):
             x, layer_slots = call_block(
-                Block(cfg, i, name=f"blocks_{i}"), x, tap=tap, ctx=shared.ctx, allowed=shared.mask(),
+                LayerNormBlock(cfg, i, name=f"blocks_{i}"), x, tap=tap, ctx=shared.ctx, allowed=shared.mask(),
                 cache=shared.layer_cache(i), write_at=shared.write_at,
             )
             slots.append(layer_slots)

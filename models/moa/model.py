@@ -44,6 +44,7 @@ import optax
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
 from jaxinterp.models.batch import Batch, KVCache
+from jaxinterp.models.family import FamilyConfig
 from jaxinterp.models.layers import DenseGeneral, RMSNorm
 from jaxinterp.models.rope import RopeConfig, apply_rotary
 from jaxinterp.models.shell import gated_mlp, rotary_decoder
@@ -54,7 +55,7 @@ AUX_LOSS_SCALINGS = ("per_token_mean", "fairseq_sum")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MoAConfig:
+class MoAConfig(FamilyConfig):
     """Shape of a MoA language model.
 
     Attributes:
@@ -80,7 +81,6 @@ class MoAConfig:
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = True
     causal: bool = True
-    objective: ClassVar[str] = "next_token"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
@@ -103,9 +103,6 @@ class MoAConfig:
 
     def module(self) -> nn.Module:
         return MoA(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MoAConfig:

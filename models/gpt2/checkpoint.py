@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from jaxinterp.converters.layouts import SAME, SPLIT_IN, Layout, fused_bias, fused_columns
+from jaxinterp.models.layouts import SAME, SPLIT_IN, Layout, fused_bias, fused_columns
 
 
 def name_map(config, prefix: str = "transformer.") -> dict[str, tuple[str, Layout]]:

@@ -1,4 +1,4 @@
-"""Name map of SigLIP's vision tower: Hugging Face names -> parameters of `models/siglip_vision.py`.
+"""Name map of SigLIP's vision tower: Hugging Face names -> parameters of `models/siglip_vision/config.py`.
 
 `prefix` is where the tower's tensors live: `vision_model.` (transformers 4, full SigLIP
 models) or `` (a transformers 5 `SiglipVisionModel`). The attention-pooling head (`head.*`)
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from jaxinterp.converters.layouts import CONV_PATCH, SAME, Layout
-from jaxinterp.converters.vit import OTHER_HALF, PLACEMENTS, encoder_map
+from jaxinterp.models.layouts import CONV_PATCH, SAME, Layout
+from jaxinterp.models.vit_checkpoint import OTHER_HALF, PLACEMENTS, encoder_map
 
 __all__ = ["PLACEMENTS", "ignored", "name_map"]
 

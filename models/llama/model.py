@@ -27,7 +27,7 @@ import jax
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.attention import attend
 from jaxinterp.models.batch import Batch, KVCache
-from jaxinterp.models.family import check_objective
+from jaxinterp.models.family import FamilyConfig, check_objective
 from jaxinterp.models.layers import DenseGeneral, RMSNorm
 from jaxinterp.models.rope import RopeConfig, apply_rotary
 from jaxinterp.models.shell import gated_mlp, rotary_decoder
@@ -37,7 +37,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LlamaConfig:
+class LlamaConfig(FamilyConfig):
     """Shape and behaviour of a Llama-family model.
 
     Attributes:
@@ -106,9 +106,6 @@ class LlamaConfig:
         """Parameter path regex -> the dimension that tensor parallelism splits (Megatron)."""
         return TENSOR_PARALLEL
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LlamaConfig:
         data = dict(data)
@@ -130,132 +127,6 @@ TENSOR_PARALLEL = {
     r"blocks_\d+/(gate|up)_proj/bias": 0,  # [F]
     r"blocks_\d+/down_proj/kernel": 0,  # [F, D]
 }
-
-
-# ---------------------------------------------------------------------------------------
-# Hugging Face config.json -> LlamaConfig
-
-HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-
-
-def _rope_from_hf(hf: Mapping[str, Any], source: str) -> RopeConfig:
-    """Reads rope settings from either the v5 `rope_parameters` or the v4 `rope_scaling` + `rope_theta`."""
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
-        raise ConfigError(f"{source}: rope type: expected default, linear or llama3, found {kind!r}")
-    if float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))) != 1.0:
-        raise ConfigError(f"{source}: partial_rotary_factor: expected 1.0, found {params['partial_rotary_factor']}")
-    return RopeConfig(
-        theta=float(theta),
-        kind=kind,
-        factor=float(params.get("factor", 1.0)),
-        low_freq_factor=float(params.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-        original_max_position=int(
-            params.get("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
-        ),
-    )
-
-
-def _window_from_hf(hf: Mapping[str, Any], model_type: str, layers: int) -> tuple[int | None, tuple[int, ...] | None]:
-    """Sliding window and the blocks it applies to, per the family's conventions."""
-    window = hf.get("sliding_window")
-    if model_type == "llama" or window is None:
-        return None, None
-    if model_type == "mistral":
-        return int(window), None
-    # qwen2: explicit layer_types, else use_sliding_window from max_window_layers on.
-    if hf.get("layer_types"):
-        chosen = tuple(i for i, kind in enumerate(hf["layer_types"]) if kind == "sliding_attention")
-    elif hf.get("use_sliding_window"):
-        chosen = tuple(range(int(hf.get("max_window_layers", layers)), layers))
-    else:
-        chosen = ()
-    return (int(window), chosen) if chosen else (None, None)
-
-
-def from_hf_config(hf: Mapping[str, Any], *, source: str = "config.json") -> LlamaConfig:
-    """Builds a `LlamaConfig` from a Hugging Face `config.json` dictionary.
-
-    Raises ConfigError naming the key, the expected and the found value for anything this
-    implementation would compute differently from the reference (activation, rope type,
-    partial rotary, an unknown model type).
-    """
-    model_type = hf.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise ConfigError(f"{source}: model_type: expected one of {sorted(HF_MODEL_TYPES)}, found {model_type!r}")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"{source}: hidden_act: expected 'silu', found {hf['hidden_act']!r}")
-    heads = int(hf["num_attention_heads"])
-    layers = int(hf["num_hidden_layers"])
-    window, window_layers = _window_from_hf(hf, model_type, layers)
-    eos = hf.get("eos_token_id")
-    attention_bias = bool(hf.get("attention_bias", False))
-    return LlamaConfig(
-        vocab_size=int(hf["vocab_size"]),
-        hidden_size=int(hf["hidden_size"]),
-        intermediate_size=int(hf["intermediate_size"]),
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or int(hf["hidden_size"]) // heads),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope=_rope_from_hf(hf, source),
-        max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=model_type == "qwen2" or attention_bias,
-        o_bias=model_type == "llama" and attention_bias,
-        mlp_bias=bool(hf.get("mlp_bias", False)),
-        sliding_window=window,
-        window_layers=window_layers,
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
-        pad_token_id=hf.get("pad_token_id"),
-    )
-
-
-# LLaDA's remote-code config (`model_type: llada`): the values our Llama block implements.
-LLADA_REQUIRED = {
-    "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True, "alibi": False,
-    "attention_layer_norm": False, "include_bias": False, "include_qkv_bias": False, "input_emb_norm": False,
-    "scale_logits": False,
-}
-
-
-def from_llada_config(hf: Mapping[str, Any], *, source: str = "config.json") -> LlamaConfig:
-    """A bidirectional `LlamaConfig` from a LLaDA (masked-diffusion LM) `config.json`."""
-    for key, supported in LLADA_REQUIRED.items():
-        found = hf.get(key, supported)
-        if (found.lower() if isinstance(found, str) else found) != supported:
-            raise ConfigError(f"{source}: {key}: expected {supported!r}, found {found!r}")
-    heads = int(hf["n_heads"])
-    hidden = int(hf["d_model"])
-    eos = hf.get("eos_token_id")
-    return LlamaConfig(
-        vocab_size=int(hf.get("embedding_size") or hf["vocab_size"]),
-        hidden_size=hidden,
-        intermediate_size=int(hf.get("mlp_hidden_size") or hf.get("mlp_ratio", 4) * hidden),
-        num_layers=int(hf["n_layers"]),
-        num_heads=heads,
-        num_kv_heads=int(hf.get("n_kv_heads") or heads),
-        head_dim=hidden // heads,
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-        rope=RopeConfig(theta=float(hf.get("rope_theta", 10000.0))),
-        max_position_embeddings=int(hf.get("max_sequence_length", 4096)),
-        tie_word_embeddings=bool(hf.get("weight_tying", False)),
-        causal=False,
-        objective="masked_token",
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_ids=() if eos is None else (int(eos),),
-        pad_token_id=hf.get("pad_token_id"),
-        mask_token_id=hf.get("mask_token_id"),
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# The model
 
 
 class Block(nn.Module):

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jaxinterp.errors import ArgumentError, ConfigError
 from jaxinterp.models.batch import Batch, KVCache, Output, make_batch
 from jaxinterp.models.decoder import call_block, frame
-from jaxinterp.models.family import FamilyConfig
+from jaxinterp.models.family import CheckpointNames, Family, FamilyConfig
 from jaxinterp.models.layers import ACTIVATIONS, DenseGeneral, LayerNorm, activation
 from jaxinterp.models.shell import LayerNormBlock
 from jaxinterp.models.sites import Context, Tap, segment_id
@@ -154,6 +154,13 @@ class VisionConfig(FamilyConfig):
             layer_norm_eps=float(hf["layer_norm_eps"]),
             activation=_activation_name(hf["hidden_act"], source),
         )
+
+
+def tower_family(config: type[VisionConfig], checkpoint: CheckpointNames) -> Family:
+    """The registry record of a tower family: both of its Hugging Face model types (the tower
+    alone, the full image-text model) are read by its `from_hf_config`."""
+    return Family(config=config, hf_configs=dict.fromkeys(config.hf_model_types, config.from_hf_config),
+                  checkpoint=checkpoint)
 
 
 # transformers' defaults shared by CLIPVisionConfig and SiglipVisionConfig

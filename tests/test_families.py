@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 import jaxinterp as ji
-from jaxinterp.errors import ConfigError
+from jaxinterp.errors import ArgumentError, ConfigError
 from jaxinterp.models import gpt2, registry
 from jaxinterp.models.family import Family, FamilyConfig
 from jaxinterp.models.gpt2.model import GPT2Config
+from tests.attention_fixtures import tiny_vlm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = {"models": "jaxinterp.models", "converters": "jaxinterp.converters"}
@@ -106,6 +107,17 @@ def test_a_record_that_breaks_the_contract_is_refused_by_name(scratch_registry, 
     with pytest.raises(ConfigError, match=message):
         registry.register(record)
     assert registry.families() == before
+
+
+def test_a_positional_scheme_turns_off_the_decoders_causal_switch_only():
+    vlm = tiny_vlm().config
+    loose = vlm.bidirectional()
+    assert vlm.text.causal and not loose.text.causal and not loose.causal and loose.vision == vlm.vision
+    assert loose.objective == vlm.objective == "next_token"  # the mask changes, the target row does not
+    with pytest.raises(ArgumentError, match="gpt2: positional schemes need a causal decoder with a causal switch"):
+        GPT2Config(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2).bidirectional()
+    with pytest.raises(ArgumentError, match="causal switch"):
+        loose.bidirectional()  # already bidirectional
 
 
 def _module_name(path: pathlib.Path) -> str:

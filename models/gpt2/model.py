@@ -57,7 +57,6 @@ class GPT2Config(FamilyConfig):
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     causal: ClassVar[bool] = True
-    objective: ClassVar[str] = "next_token"
     learned_positions: ClassVar[bool] = True  # positions index a table: none may lie past its end
 
     def __post_init__(self):

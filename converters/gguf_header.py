@@ -92,7 +92,7 @@ class _Cursor:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise self.fail(field, f"expected UTF-8 text, found undecodable bytes ({e})") from None
+            raise self.fail(field, f"expected UTF-8 text, found undecodable bytes ({shown(str(e))})") from None
 
     def name(self, field: str) -> str:
         """A string that names something (a key, a tensor): printable, so messages can quote it."""

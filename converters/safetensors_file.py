@@ -67,7 +67,7 @@ class SafetensorsFile:
         except _Repeated as e:
             raise self._fail(f"tensor {shown(str(e))}", "appears twice in the header") from None
         except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON or a 5000-digit number
-            raise self._fail("header", f"expected JSON, found undecodable bytes ({type(e).__name__}: {e})") from None
+            raise self._fail("header", f"expected JSON, found undecodable bytes ({type(e).__name__}: {shown(str(e))})") from None
         if not isinstance(header, dict):
             raise self._fail("header", f"expected a JSON object, found {type(header).__name__}")
         header.pop("__metadata__", None)

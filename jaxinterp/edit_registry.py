@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jaxinterp.edits import Edit, ScaleHead, SetHead
-from jaxinterp.errors import ArgumentError
+from jaxinterp.errors import ArgumentError, shown
 from jaxinterp.methods.art import art
 from jaxinterp.methods.evas import evas
 
@@ -62,4 +62,4 @@ def make(name: str, assignments: Sequence[str] = (), model: Any = None) -> Edit:
     try:
         return build(model, **kwargs) if takes_model else build(**kwargs)
     except TypeError as e:
-        raise ArgumentError(f"--edit {name}: {e}") from None
+        raise ArgumentError(f"--edit {name}: {shown(str(e), 300)}") from None

@@ -28,6 +28,8 @@ import numpy as np
 from flax import struct
 
 from jaxinterp.edits import Edit
+from jaxinterp.converters.files import read_json, regular_file
+from jaxinterp.converters.safetensors_file import SafetensorsFile
 from jaxinterp.errors import ArgumentError, CheckpointError, shown
 from jaxinterp.models.hook_names import translate
 from jaxinterp.models.sites import Context
@@ -104,10 +106,21 @@ def _architecture(cfg: dict, source: str) -> tuple[str, int | None]:
             raise CheckpointError(f"{source}: activation_fn: expected 'relu' or 'topk', found {shown(str(activation))!r}")
     if name not in ARCHITECTURES:
         raise CheckpointError(f"{source}: architecture: expected one of {ARCHITECTURES}, found {shown(str(name))!r}")
-    k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k")) if name == "topk" else None
-    if name == "topk" and not (isinstance(k, int) and k > 0):
-        raise CheckpointError(f"{source}: k: expected a positive integer for a topk SAE, found {k!r}")
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    k = cfg.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None) if name == "topk" else None
+    if name == "topk" and not (isinstance(k, int) and not isinstance(k, bool) and k > 0):
+        raise CheckpointError(f"{source}: k: expected a positive integer for a topk SAE, found {shown(repr(k))}")
     return name, k
+
+
+def _size(cfg: dict, key: str, source: pathlib.Path) -> int:
+    """A positive integer size of the SAE config (JSON may write it as an integral float)."""
+    value = cfg[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 2**24:
+        raise CheckpointError(f"{source}: {key}: expected a positive integer size, found {shown(repr(value))}")
+    return value
 
 
 def load_sae(path: str | os.PathLike) -> SAE:
@@ -115,37 +128,31 @@ def load_sae(path: str | os.PathLike) -> SAE:
     folder = pathlib.Path(path)
     cfg_path, weights_path = folder / "cfg.json", folder / "sae_weights.safetensors"
     for needed in (cfg_path, weights_path):
-        if not needed.is_file():
-            raise CheckpointError(f"{needed}: expected an SAELens file here, found none")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: expected JSON, found a parse error: {e}") from None
+        if not os.path.lexists(needed):
+            raise CheckpointError(f"{shown(str(needed), 300)}: expected an SAELens file here, found none")
+    cfg = read_json(cfg_path, folder=folder)
     for key in ("d_in", "d_sae", "hook_name"):
         if key not in cfg:
-            raise CheckpointError(f"{cfg_path}: {key}: expected in the config, found keys {sorted(cfg)}")
+            raise CheckpointError(f"{cfg_path}: {key}: expected in the config, found keys {shown(str(sorted(cfg)), 300)}")
+    d_in, d_sae = (_size(cfg, key, cfg_path) for key in ("d_in", "d_sae"))
+    if not isinstance(cfg["hook_name"], str):
+        raise CheckpointError(f"{cfg_path}: hook_name: expected a string, found {shown(repr(cfg['hook_name']))}")
     if cfg.get("normalize_activations") not in (None, "none"):
-        raise CheckpointError(f"{cfg_path}: normalize_activations: expected 'none', found {cfg['normalize_activations']!r}")
+        raise CheckpointError(f"{cfg_path}: normalize_activations: expected 'none', "
+                              f"found {shown(repr(cfg['normalize_activations']))}")
     architecture, k = _architecture(cfg, str(cfg_path))
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights_path}: expected a safetensors file, found: {e}") from None
-    d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    tensors = SafetensorsFile(regular_file(weights_path, folder=folder))
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if architecture == "jumprelu":
         shapes["threshold"] = (d_sae,)
     for key, shape in shapes.items():
-        if key not in tensors:
+        if key not in tensors.names:
             raise CheckpointError(f"{weights_path}: {key}: expected a tensor of shape {shape}, found none "
-                                  f"(tensors: {sorted(tensors)})")
-        if tensors[key].shape != shape:
+                                  f"(tensors: {shown(str(sorted(tensors.names)), 300)})")
+        if tensors.shape(key) != shape:
             raise CheckpointError(f"{weights_path}: {key}: expected shape {shape} (d_in={d_in}, d_sae={d_sae}), "
-                                  f"found {tensors[key].shape}")
-    weights = {key: jnp.asarray(np.asarray(tensors[key], np.float32)) for key in shapes}
+                                  f"found {tensors.shape(key)}")
+    weights = {key: jnp.asarray(np.asarray(tensors.get(key), np.float32)) for key in shapes}
     return SAE(**weights, architecture=architecture, k=k, apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
                site=translate(cfg["hook_name"]))
 

@@ -131,5 +131,5 @@ def test_missing_and_broken_files(tmp_path):
         load_sae(tmp_path)
     write(tmp_path)
     (tmp_path / "sae_weights.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ji.CheckpointError, match="sae_weights.safetensors: expected a safetensors file"):
+    with pytest.raises(ji.CheckpointError, match="sae_weights.safetensors: header length: .* does not fit a file of 22 bytes"):
         load_sae(tmp_path)

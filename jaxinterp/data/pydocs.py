@@ -14,7 +14,7 @@ import importlib
 import inspect
 from collections.abc import Sequence
 
-from jaxinterp.errors import ArgumentError
+from jaxinterp.errors import ArgumentError, shown
 
 # Modules that import without side effects and carry substantial documentation.
 MODULES: tuple[str, ...] = (
@@ -50,7 +50,7 @@ def stdlib_docstrings(modules: Sequence[str] = MODULES, *, min_chars: int = 40) 
         try:
             module = importlib.import_module(module_name)
         except ImportError as error:
-            raise ArgumentError(f"modules: cannot import {module_name!r}: {error}") from None
+            raise ArgumentError(f"modules: cannot import {module_name!r}: {shown(str(error), 300)}") from None
         found = [(module_name, inspect.getdoc(module))]
         for name, obj in inspect.getmembers(module):
             if name.startswith("_") or not (inspect.isclass(obj) or inspect.isroutine(obj)) or not _owned(obj, module_name):

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxinterp.errors import ArgumentError
+from jaxinterp.errors import ArgumentError, shown
 from jaxinterp.methods.transferability import spearman
 
 # criterion -> path of its value inside one rating object
@@ -98,7 +98,7 @@ def _read_json(path: str | os.PathLike, what: str):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, json.JSONDecodeError) as error:
-        raise ArgumentError(f"{path}: expected a readable JSON file of {what} ({error})") from None
+        raise ArgumentError(f"{path}: expected a readable JSON file of {what} ({shown(str(error), 300)})") from None
 
 
 def load_annotations(path: str | os.PathLike) -> list[Record]:

@@ -186,15 +186,15 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def left_padded_prompt(model: Any, prompts: Any, *, chat: bool, bucket: int, what: str) -> Batch:
-    """Prompts as the left-padded `Batch` a sampler runs: text encoded left-padded, a `Batch`
-    checked to be left-padded; padded up to a multiple of `bucket` columns (to reuse compiled
+    """Prompts as the left-padded `Batch` a sampler runs: text encoded left-padded, token ids
+    taken as they are (every column real), a `Batch` checked to be left-padded; padded up to a multiple of `bucket` columns (to reuse compiled
     programs), then checked, prepared and placed by `model.batch`."""
     if isinstance(prompts, Batch):
         if not bool(jnp.all(_fetch(prompts.mask[:, -1]))):
             raise ArgumentError(f"prompts: a Batch given to {what} must be left-padded (last column all real tokens)")
         prompt = prompts
     else:
-        prompt = model.encode(prompts, chat=chat, padding="left")
+        prompt = model.as_batch(prompts, chat=chat, padding="left")
     return model.batch(left_pad(prompt, _round_up(prompt.tokens.shape[1], bucket), model.pad_token_id))
 
 

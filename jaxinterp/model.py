@@ -228,7 +228,7 @@ class Model:
     def batch(self, inputs: Inputs) -> Batch:
         """Any accepted input form as a `Batch`: checked by the family, prepared (`prepare`), and
         placed on the model's devices when sharded."""
-        batch = self._as_batch(inputs)
+        batch = self.as_batch(inputs)
         check_tokens(batch, self.config)
         self.config.check_batch(batch)
         for prepare in self.prepare:
@@ -239,11 +239,15 @@ class Model:
         """Puts a batch (or any batch-major pytree) where a sharded model expects it."""
         return tree if self.placement is None else self.placement(tree)
 
-    def _as_batch(self, inputs: Inputs) -> Batch:
+    def as_batch(self, inputs: Inputs, *, chat: bool = False, padding: str = "right") -> Batch:
+        """Any accepted input form as a `Batch`, not yet checked or prepared: text is encoded
+        (`chat`, `padding` as in `encode`), token ids become a batch of real tokens."""
         if isinstance(inputs, Batch):
             return inputs
         if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
-            return self.encode(inputs)
+            return self.encode(inputs, chat=chat, padding=padding)
+        if chat:
+            raise ArgumentError("chat: wraps text prompts in the chat template; found token ids")
         tokens = np.asarray(inputs)
         if tokens.dtype.kind not in "iu" or tokens.ndim not in (1, 2) or tokens.size == 0:
             raise ArgumentError(
@@ -371,7 +375,7 @@ class Model:
 
     def generate(
         self,
-        prompts: str | Sequence[str] | Batch,
+        prompts: Inputs,
         max_new_tokens: int = 32,
         *,
         temperature: float = 0.0,
@@ -388,7 +392,7 @@ class Model:
         """Generates continuations with a jitted KV-cache loop, edits active at every step.
 
         Args:
-          prompts: text(s) (left-padded into one batch) or a left-padded `Batch`.
+          prompts: text(s) (left-padded into one batch), token ids [T] or [B, T], or a left-padded `Batch`.
           max_new_tokens: tokens to generate per prompt at most.
           temperature: 0 for greedy decoding, else the softmax temperature.
           top_k, top_p: optional top-k and nucleus filtering when sampling.

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.errors import SiteError
+from jaxinterp.errors import JaxinterpError, SiteError, shown
 from jaxinterp.models.hook_names import translate
 
 Array = jax.Array
@@ -176,7 +176,13 @@ class Tap:
     def __call__(self, name: str, x: Array, ctx: Context) -> Array:
         for edit in self.edits:
             if any(matches(pattern, name) for pattern in edit.sites):
-                y = edit(x, ctx.replace(site=name))
+                try:
+                    y = edit(x, ctx.replace(site=name))
+                except JaxinterpError:
+                    raise
+                except (TypeError, ValueError) as e:  # jax's shape errors: e.g. a vector of the wrong width
+                    raise SiteError(f"edit {type(edit).__name__} at site {name!r} does not fit its value of shape "
+                                    f"{x.shape} ({type(e).__name__}: {shown(str(e), 300)})") from e
                 if getattr(y, "shape", None) != x.shape or getattr(y, "dtype", None) != x.dtype:
                     raise SiteError(
                         f"edit {type(edit).__name__} at site {name!r} must return shape {x.shape} "

@@ -105,3 +105,15 @@ def test_gguf_metadata_reaches_the_same_checks():
     models.config_from_hf(from_gguf, source="model.gguf")
     with pytest.raises(ji.ConfigError, match="model.gguf: head_dim: expected an even width"):
         models.config_from_hf({**from_gguf, "head_dim": 9}, source="model.gguf")
+
+
+def test_a_config_holding_both_rope_spellings_means_what_transformers_means():
+    """Found by the soak: a file with `rope_parameters` and `rope_scaling` built another rotary than
+    transformers' (which lets `rope_scaling` win)."""
+    transformers = pytest.importorskip("transformers")
+    both = {**LLAMA, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+            "rope_scaling": {"rope_type": "linear", "factor": 4.0}}
+    ours = models.config_from_hf(both).rope
+    theirs = transformers.LlamaConfig(**{k: v for k, v in both.items() if k != "model_type"}).rope_parameters
+    assert (ours.kind, ours.factor, ours.theta) == (theirs["rope_type"], theirs["factor"], theirs["rope_theta"])
+    assert (ours.kind, ours.factor) == ("linear", 4.0)

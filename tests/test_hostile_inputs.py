@@ -102,3 +102,20 @@ def test_head_edits_inside_the_range_and_traced_still_work(llama):
         return llama.run(tokens, edits=ji.ScaleHead(layer=0, head=head, scale=0.0)).logits
 
     np.testing.assert_allclose(scaled(jnp.int32(1)), ablated, atol=1e-6)
+
+
+def test_an_edit_value_of_the_wrong_width_is_a_site_error(llama):
+    """Found by the soak: a steering vector one wider than the residual ended in a raw TypeError."""
+    wide = ji.AddToResidual(layer=0, vector=jnp.ones(17))
+    with within(60), pytest.raises(ji.SiteError, match=r"AddToResidual at site 'blocks.0.resid_post' does not fit"):
+        llama.run(np.array([[1, 2]]), edits=wide)
+    with within(60), pytest.raises(ji.SiteError, match="SetHead"):
+        llama.run(np.array([[1, 2]]), edits=ji.SetHead(layer=0, head=0, value=jnp.ones(3)))
+
+
+def test_generate_takes_token_ids_as_run_does(llama):
+    """Found by the soak: token ids given to `generate` were taken for text."""
+    ids = np.array([[1, 2, 3]])
+    from_ids = llama.generate(ids, 3).tokens
+    np.testing.assert_array_equal(from_ids, llama.generate(ji.models.make_batch(jnp.asarray(ids, jnp.int32)), 3).tokens)
+    _refused(lambda: llama.generate(ids, 3, chat=True), "chat", "found token ids")

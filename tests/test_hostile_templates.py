@@ -16,7 +16,7 @@ from jaxinterp.converters import chat_template
 from jaxinterp.converters.chat_template import render_chat
 from jaxinterp.data.vocab import word_tokenizer
 from jaxinterp.models.llama import LlamaConfig
-from tests.hostile import SOAK, one_clean_line, within
+from tests.hostile import one_clean_line, within
 
 USER = [{"role": "user", "content": "hello"}]
 
@@ -82,23 +82,3 @@ def test_encode_with_chat_goes_through_the_bounded_renderer(tokenizer):
     with within(20), pytest.raises(ji.CheckpointError, match="tiny.gguf: chat template: refused: still rendering"):
         model.encode("hello", chat=True)
 
-
-@pytest.mark.skipif(not SOAK, reason="soak run only (JAXINTERP_SOAK=1)")
-def test_soak_random_templates_end_in_text_or_a_clean_error(tokenizer):
-    """Random compositions of loops, repetitions and filters: each renders or refuses, within its bound."""
-    import random
-
-    pieces = ["{% for i in range(N) %}", "{% endfor %}", "{{ 'x' * N }}", "{{ messages[0]['content'] | upper }}",
-              "{% if i is defined %}", "{% endif %}", "{{ ''.__class__ }}", "{{ N ** N }}", "{{ range(N) | list }}"]
-    rng, counts = random.Random(0), {"rendered": 0, "refused": 0}
-    for _ in range(300):
-        tokenizer.chat_template = "".join(rng.choice(pieces).replace("N", str(rng.choice([2, 1000, 100000, 10**9])))
-                                          for _ in range(rng.randint(1, 8)))
-        with within(20):
-            try:
-                render_chat(tokenizer, USER, add_generation_prompt=True, source="soak")
-                counts["rendered"] += 1
-            except ji.CheckpointError as e:
-                one_clean_line(str(e))
-                counts["refused"] += 1
-    print(f"soak templates: {counts}")

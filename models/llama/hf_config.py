@@ -17,8 +17,12 @@ HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", 
 
 
 def _rope_from_hf(hf: Mapping[str, Any], source: str) -> RopeConfig:
-    """Reads rope settings from either the v5 `rope_parameters` or the v4 `rope_scaling` + `rope_theta`."""
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    """Reads rope settings from either the v5 `rope_parameters` or the v4 `rope_scaling` + `rope_theta`.
+
+    Where a config holds both, `rope_scaling` wins, as in transformers (`convert_rope_params_to_dict`),
+    so a file means the same model to both readers.
+    """
+    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ("default", "linear", "llama3"):

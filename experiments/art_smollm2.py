@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 import jaxinterp
 from experiments.intervals import bootstrap_mean, paired_difference
+from experiments.markdown import interval, number, p_value, signed, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.attention import layer_patterns, m_index, normalised_entropy
 from jaxinterp.data.bigbench import load_task
@@ -199,6 +200,32 @@ def paired_delta(base: np.ndarray, other: np.ndarray) -> dict[str, float]:
     diff = other - base
     p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
     return {"mean": float(diff.mean()), "stderr": float(diff.std(ddof=1) / np.sqrt(len(diff))), "wilcoxon_p": p}
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/art.md: uniformity against depth, then every condition's generated
+    accuracy (the paper's score) with its paired difference to the unedited model, the log-prob shift
+    of all scored completions and the teacher-forced accuracy as secondary columns."""
+    n = results["conditions"]["plain"]["generated_accuracy"]["n"]
+    lines = [f"{results['questions_per_task']} questions per task, {n} in all; greedy answers of "
+             f"{results['new_tokens']} new tokens (seed {results['seed']}).", ""]
+    depth = [(name.replace("_", " "), signed(u["spearman_rho_vs_depth"]), p_value(u["p"]), number(u["shallow_median"]),
+              number(u["deep_median"])) for name, u in results["uniformity"].items()]
+    lines += [table(["uniformity (per-layer head median)", "Spearman rho vs depth", "p", "first five layers",
+                     "last five layers"], depth), ""]
+    rows = []
+    for label, c in results["conditions"].items():
+        tasks = c["tasks"].values()
+        forced = sum(t["teacher_forced_accuracy"] * t["n"] for t in tasks) / sum(t["n"] for t in tasks)
+        delta = c.get("generated_accuracy_delta")
+        shift = c.get("all_completions_log_prob_delta")
+        rows.append((label, interval(c["generated_accuracy"]), "-" if delta is None else interval(delta),
+                     "-" if shift is None else f"{signed(shift['mean'], 3)} +- {number(shift['stderr'], 2)} "
+                                               f"(Wilcoxon p {p_value(shift['wilcoxon_p'])})",
+                     number(forced)))
+    lines.append(table(["condition", f"generated accuracy [95% CI] (n = {n})", "paired difference to plain",
+                        "log-prob shift, all completions", "teacher-forced accuracy"], rows))
+    return "\n".join(lines)
 
 
 def main() -> None:

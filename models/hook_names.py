@@ -7,7 +7,9 @@ matching. Shapes follow our sites (which match TransformerLens' for these hooks:
 `hook_embed` is our `embed`, which for GPT-2 already includes the position embedding
 (TransformerLens' `hook_embed + hook_pos_embed`). Hooks without a counterpart here
 (`ln1.hook_normalized`, `mlp.hook_pre`, `hook_pos_embed`, ...) match nothing and are
-reported as unknown sites.
+reported as unknown sites. TransformerLens' `ln1.hook_normalized` / `ln2.hook_normalized`
+are the norms' outputs before their weight; our `attn.in` / `mlp.in` are after it, so they
+are not mapped.
 """
 
 from __future__ import annotations

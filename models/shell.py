@@ -41,8 +41,8 @@ def unembed(module: nn.Module, cfg: Any, x: Array, table: Array, tap: Tap, ctx: 
 
 def gated_mlp(x: Array, *, cfg: Any, prefix: str, tap: Tap, ctx: Context, bias: bool = False) -> Array:
     """Pre-norm gated MLP added to the residual: down(silu(gate(h)) * up(h)) through the
-    `mlp.act`, `mlp.out` and `resid_post` sites of block `prefix`."""
-    h = RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x)
+    `mlp.in`, `mlp.act`, `mlp.out` and `resid_post` sites of block `prefix`."""
+    h = tap(f"{prefix}.mlp.in", RMSNorm(cfg.rms_norm_eps, name="mlp_norm")(x), ctx)
     gate = Dense(cfg.intermediate_size, use_bias=bias, name="gate_proj")(h)
     up = Dense(cfg.intermediate_size, use_bias=bias, name="up_proj")(h)
     act = tap(f"{prefix}.mlp.act", nn.silu(gate) * up, ctx)
@@ -82,13 +82,13 @@ class LayerNormBlock(nn.Module):
         cfg, prefix = self.config, f"{self.sites}.{self.layer}"
         ctx = ctx.replace(layer=self.layer)
         x = tap(f"{prefix}.resid_pre", x, ctx)
-        h = LayerNorm(cfg.layer_norm_eps, name="attn_norm")(x)
+        h = tap(f"{prefix}.attn.in", LayerNorm(cfg.layer_norm_eps, name="attn_norm")(x), ctx)
         q, k, v = (DenseGeneral((cfg.num_heads, cfg.head_dim), name=f"{n}_proj")(h) for n in "qkv")
         heads, cache = attend(q, k, v, allowed=allowed, tap=tap, prefix=prefix, ctx=ctx,
                               scale=cfg.head_dim ** -0.5, cache=cache, write_at=write_at)
         attn_out = DenseGeneral(cfg.hidden_size, axis=(-2, -1), name="o_proj")(heads)
         x = tap(f"{prefix}.resid_mid", x + tap(f"{prefix}.attn.out", attn_out, ctx), ctx)
-        h = LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(x)
+        h = tap(f"{prefix}.mlp.in", LayerNorm(cfg.layer_norm_eps, name="mlp_norm")(x), ctx)
         act = tap(f"{prefix}.mlp.act", activation(cfg.activation)(Dense(cfg.intermediate_size, name="fc")(h)), ctx)
         mlp_out = Dense(cfg.hidden_size, name="proj")(act)
         x = tap(f"{prefix}.resid_post", x + tap(f"{prefix}.mlp.out", mlp_out, ctx), ctx)

@@ -11,9 +11,9 @@ Sites (prefix `vision.`; shapes for B images, P tokens per image, D hidden, H he
 Dh head_dim, F intermediate):
 
   vision.embed [B,P,D] (position embeddings added, after CLIP's pre-LayerNorm)
-  vision.blocks.{i}.resid_pre [B,P,D] -> attn.q / attn.k / attn.v [B,P,H,Dh]
+  vision.blocks.{i}.resid_pre [B,P,D] -> attn.in [B,P,D] (LayerNorm 1) -> attn.q / attn.k / attn.v [B,P,H,Dh]
   -> attn.scores / attn.probs [B,H,P,P] f32 -> attn.head_out [B,P,H,Dh] -> attn.out [B,P,D]
-  -> resid_mid [B,P,D] -> mlp.act [B,P,F] (act(fc1 x)) -> mlp.out [B,P,D] -> resid_post [B,P,D]
+  -> resid_mid [B,P,D] -> mlp.in [B,P,D] (LayerNorm 2) -> mlp.act [B,P,F] (act(fc1 x)) -> mlp.out [B,P,D] -> resid_post [B,P,D]
   vision.post_norm [B,P,D] (standalone SigLIP: its `last_hidden_state`)
 
 `resid_post` of block i is the per-patch output of layer i, Hugging Face's

@@ -114,17 +114,35 @@ def test_smooth_llava_cam_runs_as_one_batched_program(model, monkeypatch):
     noise = jax.random.normal(jax.random.key(3), (8, *batch.pixels.shape))
     noise = noise * gradcam.pixel_noise_scale(model, 3, 0.1)
     loop = [attribute(model, batch.replace(pixels=batch.pixels + n), method="llava_cam").image for n in noise]
-    np.testing.assert_allclose(out.image, max_normalise(jnp.mean(jnp.stack(loop), axis=0)), atol=1e-4)
+    # f32 through the norm's backward: the vmapped and looped programs round apart by ~2e-4 of the max
+    np.testing.assert_allclose(out.image, max_normalise(jnp.mean(jnp.stack(loop), axis=0)), atol=1e-3)
 
 
 def test_every_layer_comes_from_one_pass_and_equals_single_sites(model, batch):
     every = attribute(model, batch, method="llava_cam")
-    assert every.sites == ("blocks.0.resid_mid", "blocks.1.resid_mid")
+    assert every.sites == ("blocks.0.mlp.in", "blocks.1.mlp.in")
     for i, site in enumerate(every.sites):
         np.testing.assert_allclose(every.image[i], attribute(model, batch, method="llava_cam", site=site).image[0],
                                    atol=1e-6)
     tokens = attribute(model, batch, method="grad_cam", region="tokens")
     assert tokens.tokens.shape == (2, 2, batch.tokens.shape[1]) and tokens.image is None
+
+
+def test_llava_cam_hooks_the_post_attention_norm_output(model, batch):
+    """The paper hooks each layer's post-attention norm output: `mlp.in` = RMSNorm(resid_mid) * scale,
+    checked by hand, whose per-token rescale gives other maps than its input `resid_mid` (the old default,
+    kept as `site="blocks.*.resid_mid"`)."""
+    run = model.run(batch, capture=["blocks.1.resid_mid", "blocks.1.mlp.in"])
+    x = np.asarray(run["blocks.1.resid_mid"], np.float64)
+    scale = np.asarray(model.params["text"]["blocks_1"]["mlp_norm"]["scale"])
+    hand = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + model.config.text.rms_norm_eps) * scale
+    np.testing.assert_allclose(run["blocks.1.mlp.in"], hand, rtol=1e-5, atol=1e-6)
+    for method in ("llava_cam", "llava_cam_intensity"):
+        default = attribute(model, batch, method=method)
+        assert default.sites == ("blocks.0.mlp.in", "blocks.1.mlp.in"), method
+        old = attribute(model, batch, method=method, site="blocks.*.resid_mid")
+        assert old.sites == ("blocks.0.resid_mid", "blocks.1.resid_mid")
+        assert np.abs(np.asarray(default.image) - np.asarray(old.image)).max() > 1e-3, method
 
 
 def test_image_rows_follow_patch_coordinates(model, batch):

@@ -98,8 +98,8 @@ def test_dacg_gating_thresholds_and_blur(low, high, percentile):
     padded = np.pad(low_values, 1, mode="reflect")
     expected = m.copy()
     expected[m <= tau] = w[0] * padded[:-2] + w[1] * padded[1:-1] + w[2] * padded[2:]
-    np.testing.assert_allclose(dc.dacg(jnp.asarray(m)), expected, rtol=1e-6)
-    np.testing.assert_array_equal(dc.dacg(jnp.asarray(m), blur_sigma=None), m)
+    np.testing.assert_allclose(dc.dacg(jnp.asarray(m), blur_sigma=0.3), expected, rtol=1e-6)
+    np.testing.assert_array_equal(dc.dacg(jnp.asarray(m)), m)  # default: the released code's no-op blur
 
 
 def test_cba_attenuation_factors():
@@ -124,16 +124,22 @@ def test_sicd_least_squares_debias_and_revert_rule():
     np.testing.assert_array_equal(dc.sicd(jnp.asarray(smooth * 0 + 0.5), jnp.float32(0.0)), smooth * 0 + 0.5)
 
 
+def minmax_np(x):
+    return (x - x.min()) / (x.max() - x.min() + 1e-8)
+
+
 def test_refine_modes():
     m = jnp.asarray(MAP / MAP.max())
     key, ratio = jax.random.key(0), jnp.float32(0.25)
     baseline = dc.refine(m, key, ratio, modules=(), baseline_threshold=0.4, step_ratio=0.5)
     np.testing.assert_array_equal(baseline, np.where(MAP / MAP.max() < 0.4, 0, MAP / MAP.max()))
-    full = dc.refine(m, key, ratio, modules=dc.MODULES, baseline_threshold=0.4, step_ratio=0.5)
-    x = np_cba(np.asarray(dc.dacg(jnp.asarray(np_rank_gaussian(np.asarray(m), 3)))))
-    x = np.clip(x, 0, float(m.max()))
-    x = (x - x.min()) / (x.max() - x.min() + 1e-8)
-    np.testing.assert_allclose(full, np_sicd(x, [1, 2, 1, 3]), atol=1e-4)  # AKD's 1e-6 tie-break noise aside
+    for blur in (None, 0.3):  # the released code's no-op blur (default) and the paper's described one
+        full = dc.refine(m, key, ratio, modules=dc.MODULES, baseline_threshold=0.4, step_ratio=0.5, dacg_blur=blur)
+        x = np_cba(np.asarray(dc.dacg(jnp.asarray(np_rank_gaussian(np.asarray(m), 3)), blur_sigma=blur)))
+        x = minmax_np(np.clip(x, 0, float(m.max())))
+        np.testing.assert_allclose(full, np_sicd(x, [1, 2, 1, 3]), atol=1e-4)  # AKD's 1e-6 tie-break noise aside
+    default = dc.refine(m, key, ratio, modules=("dacg",), baseline_threshold=0.4, step_ratio=0.5)
+    np.testing.assert_allclose(default, minmax_np(np.asarray(m)), atol=1e-6)  # DACG alone changes nothing
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +180,9 @@ def test_diffusion_cam_end_to_end_and_ablations(diffusion_vlm, sampled):
         out = attribute(diffusion_vlm, batch, method="diffusion_cam", modules=modules)
         assert out.sites == ("blocks.0.resid_post",) and out.image.shape == (1, 1, 1, GRID, GRID)
         assert 0 <= float(out.image.min()) and float(out.image.max()) <= 1 + 1e-6
+    blurred = attribute(diffusion_vlm, batch, method="diffusion_cam", modules=("dacg",), dacg_blur=0.3)
+    assert np.abs(np.asarray(blurred.image) - np.asarray(
+        attribute(diffusion_vlm, batch, method="diffusion_cam", modules=("dacg",)).image)).max() > 1e-4
     whole = attribute(diffusion_vlm, batch, target, method="diffusion_cam")
     np.testing.assert_allclose(whole.image, out.image, atol=1e-6)  # the default target is this contrast
     with pytest.raises(ji.ArgumentError, match="modules"):

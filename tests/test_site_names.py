@@ -16,8 +16,8 @@ from jaxinterp.models.llava import LlavaConfig
 from jaxinterp.models.moa import MoAConfig
 from jaxinterp.models.siglip_vision import SiglipVisionConfig
 
-BLOCK_SITES = {"resid_pre", "attn.q", "attn.k", "attn.v", "attn.scores", "attn.probs", "attn.head_out", "attn.out",
-               "resid_mid", "mlp.act", "mlp.out", "resid_post"}
+BLOCK_SITES = {"resid_pre", "attn.in", "attn.q", "attn.k", "attn.v", "attn.scores", "attn.probs", "attn.head_out", "attn.out",
+               "resid_mid", "mlp.in", "mlp.act", "mlp.out", "resid_post"}
 VISION = SiglipVisionConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, intermediate_size=32,
                             num_layers=2, num_heads=2, head_dim=8, layer_norm_eps=1e-6, activation="gelu_pytorch_tanh")
 LLAMA = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, num_kv_heads=1,

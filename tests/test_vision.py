@@ -129,7 +129,7 @@ def test_sites_have_the_text_families_names_and_shapes(kind, towers):
     pixels = _pixels(kind, batch=3)
     run = model.run(pixel_batch(cfg, pixels), capture=["vision.blocks.0.*"])
     b, p, d, h, dh = 3, cfg.tokens_per_image, cfg.hidden_size, cfg.num_heads, cfg.head_dim
-    shapes = {"resid_pre": (b, p, d), "attn.q": (b, p, h, dh), "attn.k": (b, p, h, dh), "attn.v": (b, p, h, dh),
+    shapes = {"resid_pre": (b, p, d), "attn.in": (b, p, d), "mlp.in": (b, p, d), "attn.q": (b, p, h, dh), "attn.k": (b, p, h, dh), "attn.v": (b, p, h, dh),
               "attn.scores": (b, h, p, p), "attn.probs": (b, h, p, p), "attn.head_out": (b, p, h, dh),
               "attn.out": (b, p, d), "resid_mid": (b, p, d), "mlp.act": (b, p, cfg.intermediate_size),
               "mlp.out": (b, p, d), "resid_post": (b, p, d)}

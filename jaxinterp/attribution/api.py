@@ -35,10 +35,10 @@ from jaxinterp.models.sites import resolve
 METHODS: dict[str, tuple[Callable[..., Attribution], str | None]] = {
     "grad_cam": (gradcam.grad_cam, "blocks.*.resid_mid"),
     "grad_cam_pp": (gradcam.grad_cam_pp, "blocks.*.resid_mid"),
-    # the spec's site is the MLP input norm of each layer; resid_mid is that norm's input (no site taps the norm)
-    "llava_cam": (gradcam.llava_cam, "blocks.*.resid_mid"),
+    # the paper's hook: each layer's post-attention norm output (`site="blocks.*.resid_mid"`: its input)
+    "llava_cam": (gradcam.llava_cam, "blocks.*.mlp.in"),
     # the same map unnormalised and unthresholded: its size per layer is the information-flow intensity
-    "llava_cam_intensity": (gradcam.llava_cam_intensity, "blocks.*.resid_mid"),
+    "llava_cam_intensity": (gradcam.llava_cam_intensity, "blocks.*.mlp.in"),
     "score_cam": (score_cam.score_cam, "projector.out"),
     "tam": (tam.tam, None),
     "rollout": (rollout.rollout, None),

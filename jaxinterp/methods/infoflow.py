@@ -64,7 +64,7 @@ def cliff_layer(*profiles: np.ndarray, fraction: float = 0.5) -> int | None:
     return found[0] if found else None
 
 
-def llava_cam_intensity(model: Any, inputs: Any, *, site: str = "blocks.*.resid_mid") -> np.ndarray:
+def llava_cam_intensity(model: Any, inputs: Any, *, site: str = "blocks.*.mlp.in") -> np.ndarray:
     """[L] LLaVA-CAM intensity per layer, the `intensity` hook of `information_flow`: the mean over
     the image patches (and rows) of each layer's unnormalised LLaVA-CAM of the teacher-forced
     answer (spec B.3: the CAM and the image flow drop together after the cliff layer). The map is

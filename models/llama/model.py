@@ -8,9 +8,9 @@ untied embeddings, and causal or bidirectional attention (masked-diffusion LMs).
 Sites, per block `blocks.{i}` (shapes for a [B, T] batch, D hidden, H heads, KV key/value
 heads, Dh head_dim, F intermediate, S keys):
 
-  resid_pre [B,T,D] -> attn.q [B,T,H,Dh], attn.k / attn.v [B,T,KV,Dh] (after rotary)
+  resid_pre [B,T,D] -> attn.in [B,T,D] (attention input norm) -> attn.q [B,T,H,Dh], attn.k / attn.v [B,T,KV,Dh] (after rotary)
   -> attn.scores / attn.probs [B,H,T,S] f32 -> attn.head_out [B,T,H,Dh] -> attn.out [B,T,D]
-  -> resid_mid [B,T,D] -> mlp.act [B,T,F] (silu(gate) * up) -> mlp.out [B,T,D] -> resid_post [B,T,D]
+  -> resid_mid [B,T,D] -> mlp.in [B,T,D] (MLP input norm) -> mlp.act [B,T,F] (silu(gate) * up) -> mlp.out [B,T,D] -> resid_post [B,T,D]
 
 and, around the blocks, `embed` [B,T,D], `final_norm` [B,T,D], `logits` [B,T,V] f32.
 """
@@ -140,7 +140,7 @@ class Block(nn.Module):
         cfg, prefix = self.config, f"blocks.{self.layer}"
         ctx = ctx.replace(layer=self.layer)
         x = tap(f"{prefix}.resid_pre", x, ctx)
-        h = RMSNorm(cfg.rms_norm_eps, name="attn_norm")(x)
+        h = tap(f"{prefix}.attn.in", RMSNorm(cfg.rms_norm_eps, name="attn_norm")(x), ctx)
         q = DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="q_proj")(h)
         k = DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="k_proj")(h)
         v = DenseGeneral((cfg.num_kv_heads, cfg.head_dim), use_bias=cfg.qkv_bias, name="v_proj")(h)

@@ -11,11 +11,11 @@ The k selected experts fill k head slots, so attention is multi-query attention 
 key/value head) through the library's shared attention core and every usual site exists with
 slots in the place of heads. Sites, per block `blocks.{i}` (E experts, k slots):
 
-  resid_pre [B,T,D] -> attn.router_logits [B,T,E] f32 -> attn.gates [B,T,E] f32 (top-k
+  resid_pre [B,T,D] -> attn.in [B,T,D] -> attn.router_logits [B,T,E] f32 -> attn.gates [B,T,E] f32 (top-k
   probabilities, 0 for unselected experts) -> attn.q [B,T,k,Dh], attn.k / attn.v [B,T,1,Dh]
   -> attn.scores / attn.probs [B,k,T,S] f32 -> attn.head_out [B,T,k,Dh] (slot j holds the
   expert of rank j, before its gate and output projection) -> attn.out [B,T,D]
-  -> resid_mid -> mlp.act [B,T,F] -> mlp.out -> resid_post
+  -> resid_mid -> mlp.in -> mlp.act [B,T,F] -> mlp.out -> resid_post
 
 and `embed`, `final_norm`, `logits` around the blocks. Zeroing `attn.gates[..., e]` ablates
 expert e without re-routing; biasing `attn.router_logits` re-routes. The auxiliary losses
@@ -139,7 +139,7 @@ class MoABlock(nn.Module):
         ctx = ctx.replace(layer=self.layer)
         experts_shape = (cfg.num_experts, cfg.hidden_size, cfg.head_dim)
         x = tap(f"{prefix}.resid_pre", x, ctx)
-        h = RMSNorm(cfg.rms_norm_eps, name="attn_norm")(x)
+        h = tap(f"{prefix}.attn.in", RMSNorm(cfg.rms_norm_eps, name="attn_norm")(x), ctx)
         w_gate = self.param("router", nn.initializers.zeros, (cfg.hidden_size, cfg.num_experts))
         logits = jnp.einsum("btd,de->bte", h, w_gate.astype(h.dtype), preferred_element_type=jnp.float32)
         logits = tap(f"{prefix}.attn.router_logits", logits, ctx)

@@ -2,10 +2,13 @@
 
 The map's mean and std choose a percentile of its positive values: std > delta_sigma -> 90th;
 else mean > delta_mu -> 75th; else mean < delta_mu' -> 80th; else 85th. Pixels at or below
-tau = max(percentile, 1e-6) are low-confidence and get a light 1-D Gaussian blur (kernel 3,
-sigma 0.3) along the vector of low-confidence values in raster order (borders reflected);
-high-confidence pixels are kept. (The reference blurs that vector laid out as one OpenCV
-column with a horizontal kernel, which leaves it unchanged; `blur_sigma=None` reproduces that.)
+tau = max(percentile, 1e-6) are low-confidence and, as the paper describes, get a light 1-D
+Gaussian blur; high-confidence pixels are kept. The released code hands the vector of
+low-confidence values to `cv2.GaussianBlur` with a (3, 1) kernel, so OpenCV sees an n x 1
+image and blurs along its single column's width: the values come back unchanged. The
+default `blur_sigma=None` reproduces that code, which made the paper's figures;
+`blur_sigma=0.3` gives the described blur (kernel 3, sigma 0.3, along the low-confidence
+values in raster order, ends reflected).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def blur_selected(m: Array, selected: Array, sigma: float) -> Array:
     return flat.at[order].set(blurred).reshape(m.shape)
 
 
-def dacg(m: Array, *, blur_sigma: float | None = 0.3, **gating) -> Array:
+def dacg(m: Array, *, blur_sigma: float | None = None, **gating) -> Array:
     """DACG on one [H, W] map (spec step 8); `gating` overrides `gate_percentile`'s thresholds."""
     chex.assert_rank(m, 2)
     if blur_sigma is None:

@@ -36,7 +36,7 @@ DEFAULT_SITE = "blocks.{third}.resid_post"  # the reference hooks block 10 of 32
 
 
 def refine(m: Array, key: Array, ratio: Array, *, modules: tuple[str, ...], baseline_threshold: float,
-           step_ratio: float) -> Array:
+           step_ratio: float, dacg_blur: float | None = None) -> Array:
     """Spec steps 7-10 on one [H, W] base map (see the module docstring); `ratio` feeds SICD."""
     if not modules:
         return jnp.where(m < baseline_threshold, 0.0, m)
@@ -44,24 +44,25 @@ def refine(m: Array, key: Array, ratio: Array, *, modules: tuple[str, ...], base
     if "akd" in modules:
         x = akd(x, key, step_ratio=step_ratio)
     if "dacg" in modules:
-        x = dacg(x)
+        x = dacg(x, blur_sigma=dacg_blur)
     if "cba" in modules:
         x = cba(x)
     x = minmax(jnp.clip(x, 0.0, jnp.max(m)))
     return sicd(x, ratio) if "sicd" in modules else x
 
 
-@functools.partial(jax.jit, static_argnames=("modules", "baseline_threshold", "step_ratio"))
+@functools.partial(jax.jit, static_argnames=("modules", "baseline_threshold", "step_ratio", "dacg_blur"))
 def refine_all(maps: Array, keys: Array, ratios: Array, *, modules: tuple[str, ...], baseline_threshold: float,
-               step_ratio: float) -> Array:
+               step_ratio: float, dacg_blur: float | None) -> Array:
     """`refine` on every map of [S, B, N, rows, cols] (keys likewise; ratios [B]: each row's SICD ratio)."""
-    one = functools.partial(refine, modules=modules, baseline_threshold=baseline_threshold, step_ratio=step_ratio)
+    one = functools.partial(refine, modules=modules, baseline_threshold=baseline_threshold, step_ratio=step_ratio,
+                            dacg_blur=dacg_blur)
     per_row = jax.vmap(jax.vmap(one, in_axes=(0, 0, None)), in_axes=(0, 0, 0))  # rows, then their images
     return jax.vmap(per_row, in_axes=(0, 0, None))(maps, keys, ratios)  # sites
 
 
 def diffusion_cam(request: Request, *, modules: tuple[str, ...] = MODULES, baseline_threshold: float = 0.4,
-                  step_ratio: float = 0.5, seed: int = 0) -> Attribution:
+                  step_ratio: float = 0.5, dacg_blur: float | None = None, seed: int = 0) -> Attribution:
     """Diffusion-CAM maps at the request's sites (default: the block a third of the way down).
 
     Options:
@@ -69,6 +70,9 @@ def diffusion_cam(request: Request, *, modules: tuple[str, ...] = MODULES, basel
         () is the reference's baseline mode.
       baseline_threshold: zero below this in baseline mode (reference 0.4).
       step_ratio: the generation's denoising steps per token, for AKD's kernel (reference 0.5).
+      dacg_blur: sigma of DACG's blur of the low-confidence values. None (default) is the released
+        code, whose blur leaves the map unchanged and which gave the paper's figures; 0.3 is the
+        blur the paper describes (`dacg.py`).
       seed: PRNG seed of AKD's tie-breaking noise.
     """
     unknown = set(modules) - set(MODULES)
@@ -82,5 +86,5 @@ def diffusion_cam(request: Request, *, modules: tuple[str, ...] = MODULES, basel
     ratios = jax.vmap(repeat_ratio)(batch.tokens, answer & batch.mask)  # [B]
     keys = jax.random.split(jax.random.key(seed), maps.shape[:3])
     refined = refine_all(maps, keys, ratios, modules=tuple(m for m in MODULES if m in modules),
-                         baseline_threshold=baseline_threshold, step_ratio=step_ratio)
+                         baseline_threshold=baseline_threshold, step_ratio=step_ratio, dacg_blur=dacg_blur)
     return Attribution(values=base.values, image=refined)

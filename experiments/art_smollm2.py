@@ -202,6 +202,31 @@ def paired_delta(base: np.ndarray, other: np.ndarray) -> dict[str, float]:
     return {"mean": float(diff.mean()), "stderr": float(diff.std(ddof=1) / np.sqrt(len(diff))), "wilcoxon_p": p}
 
 
+def uniformity_table(results: dict) -> str:
+    """Each uniformity measure's per-layer head median against depth: Spearman's rho and p, and the
+    shallow (first five layers) vs deep (last five) medians (shared by `report` and `report_uniformity`)."""
+    depth = [(name.replace("_", " "), signed(u["spearman_rho_vs_depth"]), p_value(u["p"]), number(u["shallow_median"]),
+              number(u["deep_median"])) for name, u in results["uniformity"].items()]
+    return table(["uniformity (per-layer head median)", "Spearman rho vs depth", "p", "first five layers",
+                  "last five layers"], depth)
+
+
+def report_uniformity(results: dict) -> str:
+    """The SmolLM2 part of docs/attention_statistics.md's measured section: the uniformity table of
+    `report`, then the range of each measure's per-layer head mean (the m-index's heavy tail)."""
+    n = results["conditions"]["plain"]["generated_accuracy"]["n"]
+    rows = []
+    for name, u in results["uniformity"].items():
+        means = np.asarray(u["per_layer_mean"])
+        low, high = int(np.argmin(means)), int(np.argmax(means))
+        rows.append((name.replace("_", " "), f"{number(means[low])} (layer {low})",
+                     f"{number(means[high])} (layer {high})"))
+    return "\n".join([f"{n} question prompts ({results['questions_per_task']} per task, seed {results['seed']}); "
+                      f"{len(results['uniformity']['entropy']['per_layer_median'])} layers.", "",
+                      uniformity_table(results), "",
+                      table(["per-layer head mean", "lowest layer", "highest layer"], rows)])
+
+
 def report(results: dict) -> str:
     """The measured section of docs/art.md: uniformity against depth, then every condition's generated
     accuracy (the paper's score) with its paired difference to the unedited model, the log-prob shift
@@ -209,10 +234,7 @@ def report(results: dict) -> str:
     n = results["conditions"]["plain"]["generated_accuracy"]["n"]
     lines = [f"{results['questions_per_task']} questions per task, {n} in all; greedy answers of "
              f"{results['new_tokens']} new tokens (seed {results['seed']}).", ""]
-    depth = [(name.replace("_", " "), signed(u["spearman_rho_vs_depth"]), p_value(u["p"]), number(u["shallow_median"]),
-              number(u["deep_median"])) for name, u in results["uniformity"].items()]
-    lines += [table(["uniformity (per-layer head median)", "Spearman rho vs depth", "p", "first five layers",
-                     "last five layers"], depth), ""]
+    lines += [uniformity_table(results), ""]
     rows = []
     for label, c in results["conditions"].items():
         tasks = c["tasks"].values()

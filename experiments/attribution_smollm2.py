@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 import jaxinterp
+from experiments.markdown import number, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.attribution import Tokens, attribute
 from jaxinterp.models import segment_id
@@ -79,6 +80,23 @@ def entity_tokens(model, batch, row: int, entity: str) -> np.ndarray:
     marked = np.zeros(batch.tokens.shape[1], bool)
     marked[where[overlap]] = True
     return marked
+
+
+def report(results: dict) -> str:
+    """The SmolLM2 part of docs/attribution.md's measured section: per method, the mean share of
+    |attribution| on the question's entity tokens (against a uniform map's share) and the token
+    pointing game, ranked by the share."""
+    methods = results["methods"]
+    ranked = sorted(methods, key=lambda name: methods[name]["entity_share"], reverse=True)
+    uniform = results["uniform_entity_share"]
+    rows = [(name, number(methods[name]["entity_share"]),
+             "above" if methods[name]["entity_share"] > uniform else "below",
+             number(methods[name]["entity_pointing"])) for name in ranked]
+    return "\n".join([
+        f"{results['questions']} questions, {results['answers_with_expected_word']} of whose answers contain the "
+        f"expected answer; a uniform map puts {number(uniform)} of its mass on the entity tokens.", "",
+        table(["method", f"entity share (n = {results['questions']})", "vs uniform map",
+               f"entity pointing (n = {results['questions']})"], rows)])
 
 
 def main() -> None:

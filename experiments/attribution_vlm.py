@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.markdown import number, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.small_vlm import ANSWER_LENGTH, load_small_vlm, pairs, prompts
 from jaxinterp.attribution import Contrast, Tokens, attribute, deletion_insertion, localisation
@@ -188,6 +189,75 @@ def _bars(results: dict, folder: str) -> None:
         ax.set_xlabel("F3 (harmonic mean of Obj-IoU, Contrast/20, Concentration)")
         ax.set_title(f"{kind}: localisation of the answer's objects ({result['questions']} questions)", fontsize=10)
         save_figure(fig, folder, f"f3_{kind}.png")
+
+
+COLUMNS = [  # (key, header, higher is better)
+    ("f3", "F3", True), ("obj_iou", "Obj-IoU", True), ("contrast", "Contrast", True),
+    ("concentration", "Concentration", True), ("pointing", "pointing", True),
+    ("deletion_auc", "deletion AUC", False), ("insertion_auc", "insertion AUC", True)]
+
+
+def _sites(results: dict) -> str:
+    sites = results["sites"]
+    return (f"Sites recorded in the results file: Grad-CAM, Grad-CAM++ and LLaVA-CAM `{sites['cam']}`, "
+            f"Diffusion-CAM `{sites['diffusion_cam']}`.")
+
+
+def _method_table(result: dict, names: list[str], label: str = "method") -> str:
+    """One row per method of `names`: every metric of COLUMNS that the results hold for them."""
+    methods = result["methods"]
+    columns = [(key, header) for key, header, _ in COLUMNS if all(key in methods[n] for n in names)]
+    return table([label, *(header for _, header in columns)],
+                 [(name, *(number(methods[name][key]) for key, _ in columns)) for name in names])
+
+
+def _best(result: dict, names: list[str]) -> dict[str, str]:
+    """Per metric of COLUMNS: the best and the runner-up method of `names` with their scores."""
+    methods, found = result["methods"], {}
+    for key, header, higher in COLUMNS:
+        if all(key in methods[n] for n in names):
+            ranked = sorted(names, key=lambda n: methods[n][key], reverse=higher)  # noqa: B023
+            found[f"{header} ({'higher' if higher else 'lower'} is better)"] = "; ".join(
+                f"{n} {number(methods[n][key])}" for n in ranked[:2])
+    return found
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/attribution.md on the trained small VLMs: every method's
+    localisation scores (and, for the causal model, deletion/insertion AUCs) per model, the best two
+    methods per metric, and the causal model's LLaVA-CAM per layer."""
+    models = results["models"]
+    baselines = [name for name, _, _ in BASELINES]
+    lines = [f"{results['scenes']} held-out scenes; means over each model's answered questions. {_sites(results)}", ""]
+    for kind, title, names in (
+            ("llava", "Small LLaVA (causal)", baselines),
+            ("diffusion", "Small diffusion MLLM", [*baselines, "Diffusion-CAM baseline", "Diffusion-CAM all"])):
+        result = models[kind]
+        lines += [f"{title}: {result['questions']} questions, answer accuracy {number(result['accuracy'])}.", "",
+                  _method_table(result, names), ""]
+    best = {kind: _best(models[kind], baselines) for kind in models}
+    metrics = list(best["llava"])
+    lines += [table([f"metric (the {len(baselines)} methods run on both models)", "small LLaVA: best; runner-up",
+                     "small diffusion MLLM: best; runner-up"],
+                    [(m, best["llava"][m], best["diffusion"].get(m, "not measured")) for m in metrics]), ""]
+    per_layer = models["llava"]["llava_cam_per_layer"]
+    lines.append(table(["small LLaVA, LLaVA-CAM at", *(header for key, header, _ in COLUMNS if key in METRICS)],
+                       [(f"`{site}`", *(number(s[key]) for key, _, _ in COLUMNS if key in METRICS))
+                        for site, s in per_layer.items()]))
+    return "\n".join(lines)
+
+
+def report_ablation(results: dict) -> str:
+    """The measured section of docs/diffusion_cam.md: Diffusion-CAM's ablation rows on the small
+    diffusion MLLM (at the step that decided the target token, and all modules on the finished
+    answer), with the gradient CAMs on the same questions for comparison."""
+    result = results["models"]["diffusion"]
+    rows = [f"Diffusion-CAM {name}" for name, _ in ABLATIONS] + ["Diffusion-CAM all, finished answer"]
+    return "\n".join([
+        f"{result['questions']} held-out questions ({results['scenes']} scenes), answer accuracy "
+        f"{number(result['accuracy'])}; site `{results['sites']['diffusion_cam']}`; means over the questions.", "",
+        _method_table(result, rows, "row"), "",
+        _method_table(result, ["Grad-CAM", "LLaVA-CAM", "LLaVA-CAM smooth (N=50)"], "for comparison, same questions")])
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from jaxinterp import small_vlm
+from experiments.markdown import number, p_value, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data import shapes
 from jaxinterp.methods.evas import evas, sink_profile
@@ -61,6 +62,88 @@ def mcnemar(base: np.ndarray, other: np.ndarray) -> dict[str, float]:
     fixed, broken = int(np.sum(~base & other)), int(np.sum(base & ~other))
     p = stats.binomtest(fixed, fixed + broken).pvalue if fixed + broken else 1.0
     return {"fixed": fixed, "broken": broken, "mcnemar_exact_p": float(p)}
+
+
+def _beta(results: dict, label: str) -> str:
+    """An EVAS label "layer L, beta NAME" with the beta's value."""
+    layer, name = label.split(", beta ")
+    return f"{layer}, beta {number(results['betas'][name])} ({name})"
+
+
+def _tests(test: dict) -> tuple[str, str]:
+    return f"{test['fixed']} / {test['broken']}", p_value(test["mcnemar_exact_p"])
+
+
+def sink_table(results: dict) -> str:
+    """[layer, head] image sink density (share of the image columns whose sink score exceeds beta,
+    mean over the teacher-forced questions) at each beta."""
+    rows = [(f"{number(results['betas'][name])} ({name})", layer, *(number(d) for d in heads))
+            for name, density in results["sink_density"].items() for layer, heads in enumerate(density)]
+    heads = len(next(iter(results["sink_density"].values()))[0])
+    return table(["beta", "layer", *(f"head {h}" for h in range(heads))], rows)
+
+
+def _header(results: dict) -> str:
+    return (f"Small VLM `{results['model'].rsplit('/', 1)[-1]}`: {results['questions']} held-out questions, "
+            f"{results['image_tokens']} image tokens each; "
+            f"unedited greedy accuracy {number(results['evas']['off']['accuracy']['overall'])}.")
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/evas.md: greedy accuracy (overall and per question kind) with EVAS
+    off and on each layer at both betas, with the flips and McNemar's exact test against EVAS off on
+    the same questions, then the image sink density per layer and head."""
+    evas = results["evas"]
+    kinds = [k for k in evas["off"]["accuracy"] if k != "overall"]
+    rows = []
+    for label, entry in evas.items():
+        tests = ("-", "-") if label == "off" else _tests(entry)
+        rows.append(("off" if label == "off" else _beta(results, label), number(entry["accuracy"]["overall"]),
+                     *(number(entry["accuracy"][k]) for k in kinds), *tests, entry["answers_changed"]))
+    return "\n".join([_header(results), "",
+                      table(["EVAS", f"accuracy (n = {results['questions']})", *kinds,
+                             "fixed / broken vs off", "McNemar p", "answers changed"], rows), "",
+                      sink_table(results)])
+
+
+def flow_table(results: dict) -> str:
+    """Attention mass from each source segment to the teacher-forced answer per layer, with the
+    LLaVA-CAM intensity per layer."""
+    flow = results["information_flow"]
+    intensity = flow["llava_cam_intensity"]
+    rows = [(layer, *(number(m) for m in mass), number(intensity[layer], 7))
+            for layer, mass in enumerate(flow["mass"])]
+    names = {"prompt": "chat template (`prompt`)"}
+    return table(["layer", *(f"mass from {names.get(s, s)}" for s in flow["sources"]), "LLaVA-CAM intensity"], rows)
+
+
+def report_flow(results: dict) -> str:
+    """The measured section of docs/information_flow_truncation.md: information flow per layer with
+    the LLaVA-CAM intensity and the suggested cliff layer of each chunk, then the truncation sweep
+    (teacher-forced exact match and answer log-prob per first truncated layer K, with the flips and
+    McNemar's exact test against no truncation on the same questions)."""
+    cliffs = results["information_flow"]["cliff_per_chunk"]
+    found = ", ".join("none" if c is None else f"layer {c}" for c in cliffs)
+    rows = []
+    for label, sweep in results["truncation"].items():
+        last = sweep["K"][-1]
+        for k, accuracy, log_prob, test in zip(sweep["K"], sweep["accuracy"], sweep["answer_log_prob"],
+                                               sweep["vs_no_truncation"]):
+            rows.append((label.split("=")[1], f"{k} (no truncation)" if k == last else k, number(accuracy),
+                         number(log_prob), *(("-", "-") if k == last else _tests(test))))
+    return "\n".join([_header(results), "", flow_table(results), "",
+                      f"Suggested cliff layer, per chunk of questions ({len(cliffs)} chunks): {found}.", "",
+                      table(["kept image tokens (R)", "first layer without the image (K)",
+                             f"exact match (n = {results['questions']})", "answer log-prob",
+                             "fixed / broken vs no truncation", "McNemar p"], rows)])
+
+
+def report_sinks(results: dict) -> str:
+    """The small-VLM part of docs/attention_statistics.md's measured section: image sink density per
+    layer and head at both betas, and the attention mass each segment sends the answer per layer."""
+    return "\n".join([f"Small VLM `{results['model'].rsplit('/', 1)[-1]}`: {results['questions']} teacher-forced "
+                      f"held-out questions, {results['image_tokens']} image tokens each.", "",
+                      sink_table(results), "", flow_table(results)])
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 import jaxinterp
+from experiments.markdown import number, signed, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.loader import save as save_model
 from jaxinterp.methods import latent
@@ -119,6 +120,53 @@ def answer_of(row: list[int]) -> int:
 def decode_answers(model, prompt, edits=()):
     """Greedy `# r <eos>` after the prompt, parsed by `answer_of`."""
     return np.array([answer_of(row) for row in model.generate(prompt, 3, edits=edits, stop=[]).tokens])
+
+
+ANSWERS = 10  # the answer is a digit (mod 10): chance accuracy is 1 / ANSWERS
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/latent_reasoning.md: accuracy of the CoT and Coconut models
+    against chance, the probe readouts, the causal probes and the five interventions (flip rate,
+    accuracy and mean Delta log p of the gold answer on the held-out items).
+
+    The results hold means only (no intervals); the item count is that of the evaluation thoughts
+    in the nearest-token histogram over K thoughts per item."""
+    k = PER_STEP * STEPS
+    histogram = results["probes"]["nearest_token_histogram"]
+    n = sum(histogram) // k
+    top = int(np.argmax(histogram))
+    base = results["coconut_accuracy"]
+    lines = [f"{n} held-out items, K = {k} thoughts each; training took {number(results['train_seconds'] / 60, 2)} "
+             f"minutes (final train CE {number(results['final_loss'])}). The results hold means without intervals.", ""]
+    lines.append(table(["model", f"answer accuracy (n = {n})", "chance"],
+                       [("stage-0 CoT (full chain of thought)", number(results["cot_accuracy"]), number(1 / ANSWERS)),
+                        (f"Coconut, K = {k} thoughts", number(base), number(1 / ANSWERS))]))
+    probes, mapper = results["probes"], results["probes"]["mapper"]
+    lines += ["", table(["probe", "value"], [
+        ("linear CKA, thought means vs CoT step states", number(probes["linear_cka"])),
+        ("mapper cosine: test / validation / identity map", f"{number(mapper['test_cosine'])} / "
+                                                           f"{number(mapper['val_cosine'])} / {number(mapper['identity_cosine'])}"),
+        ("logit-lens top-1 token in the step", number(probes["lexical_top1_in_step"])),
+        ("logit-lens top-1 token is the step result", number(probes["lexical_top1_is_step_result"])),
+        ("nearest token is the step result", number(probes["nearest_token_is_step_result"])),
+        ("most frequent nearest token (thoughts)", f"id {top}: {histogram[top]} of {sum(histogram)}"),
+        ("energy chains strictly decreasing (share)", number(probes["energy_monotone_fraction"])),
+        ("energy: Spearman rho with thought position", signed(probes["energy_spearman_with_position"])),
+    ])]
+
+    def rows(found: dict) -> list[tuple]:
+        return [(name.replace("_", " "), number(e["flip_rate"]), number(e["accuracy"]), signed(e["accuracy"] - base, 3),
+                 signed(e["delta_log_p"], 4)) for name, e in found.items()]
+
+    header = ["", f"flip rate (n = {n})", "accuracy", "accuracy change vs no intervention", "mean Delta log p(gold)"]
+    lines += ["", "Causal probes:", "", table(["probe", *header[1:]], rows(results["causal_probes"]))]
+    donor = results["causal_probes"].get("transplant", {}).get("to_donor_answer")
+    if donor is not None:
+        lines += ["", f"Transplant: {number(donor)} of the changed answers became the donor's answer."]
+    lines += ["", "Interventions at the spec's defaults:", "",
+              table(["intervention", *header[1:]], rows(results["interventions"]))]
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from experiments.markdown import number, signed, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data.pydocs import stdlib_docstrings
 import jaxinterp
@@ -120,6 +121,40 @@ def utilisation(config: MoAConfig, params, valid_windows) -> np.ndarray:
     totals = sum(np.stack([np.asarray(c[f"blocks.{i}.attn.gates"] > 0).mean((0, 1)) for i in range(config.num_layers)])
                  for c in (run(params, w) for w in valid_windows))
     return totals / len(valid_windows)
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/moa.md: per model its parameters, MACs per token, step time and
+    final validation bits per byte (one training run each, no interval); the validation curve of
+    both at every evaluation; MoA's routing balance per block."""
+    settings, models = results["settings"], results["models"]
+    dense, moa = models["dense"], models["moa"]
+    lines = [f"{settings['steps']} training steps of batch {settings['batch_size']} x {settings['context']} bytes, "
+             f"seed {settings['seed']}, one run per model (no interval); {results['corpus_bytes']['train']} training "
+             f"bytes, validation on {results['corpus_bytes']['valid_scored']} scored bytes.", ""]
+    rows = []
+    for name, m in models.items():
+        c = m["config"]
+        shape = (f"{c['num_experts']} experts x {c['head_dim']}, k = {c['top_k']}" if "num_experts" in c
+                 else f"{c['num_heads']} heads x {c['head_dim']}")
+        rows.append((f"{name} ({shape})", number(m["parameters"] / 1e6, 3) + " M",
+                     number(m["parameters"] / dense["parameters"]), number(m["macs_per_token"]["total"] / 1e3) + " k",
+                     number(m["macs_per_token"]["total"] / dense["macs_per_token"]["total"]),
+                     number(m["seconds_per_step"]), number(m["valid_bits_per_byte"], 4),
+                     "-" if m is dense else signed(m["valid_bits_per_byte"] - dense["valid_bits_per_byte"], 3)))
+    lines.append(table(["model", "params", "params / dense", "MACs / token", "MACs / dense", "s / step",
+                        "valid bits per byte", "minus dense"], rows))
+    bits = {name: [ce / math.log(2) for ce in m["curves"]["valid_ce"]] for name, m in models.items()}
+    lines += ["", table(["step", "dense valid bits per byte", "MoA valid bits per byte", "MoA minus dense"],
+                        [(step, number(d, 4), number(a, 4), signed(a - d, 3))
+                         for step, d, a in zip(dense["curves"]["step"], bits["dense"], bits["moa"])])]
+    uniform = moa["config"]["top_k"] / moa["config"]["num_experts"]
+    lines += ["", table(["MoA block", "load entropy / log E", "least-used expert's token share",
+                         f"most-used expert's token share (uniform {number(uniform)})"],
+                        [(block, number(entropy), number(min(share)), number(max(share)))
+                         for block, (entropy, share) in enumerate(zip(moa["load_entropy_over_log_E"],
+                                                                      moa["expert_token_share"]))])]
+    return "\n".join(lines)
 
 
 def main() -> None:

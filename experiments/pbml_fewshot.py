@@ -35,6 +35,7 @@ import optax
 from tqdm.auto import tqdm
 
 import jaxinterp
+from experiments.markdown import interval, number, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data.pydocs import stdlib_docstrings
 from jaxinterp.methods import pbml
@@ -75,6 +76,51 @@ def word_vectors(embedding: np.ndarray, words: list[list[list[int]]]) -> jnp.nda
 def confidence(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "ci95": float(1.96 * values.std(ddof=1) / math.sqrt(len(values))),
             "episodes": int(len(values))}
+
+
+def degenerate(summary: dict, chance: float, queries: int) -> float | None:
+    """For a test accuracy summary {"mean", "ci95" (half-width), "episodes"}: the ratio of its
+    half-width to that of a classifier answering each of an episode's `queries` queries
+    independently at the same accuracy, when chance lies inside its interval and that ratio is
+    under one half (the spread of a near-constant predictor: answering one class scores exactly
+    chance in every episode, since each class has as many queries); else None."""
+    mean, half, episodes = summary["mean"], summary["ci95"], summary["episodes"]
+    independent = 1.96 * math.sqrt(mean * (1 - mean) / queries / episodes)
+    ratio = half / independent if independent > 0 else 0.0
+    return ratio if abs(mean - chance) <= half and ratio < 0.5 else None
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/pbml.md: test query accuracy of every method on the same seeded
+    test episodes (95% normal interval over episodes), a degenerate row flagged from its spread (see
+    `degenerate`), the best validation checkpoint and the validation curve of meta-training."""
+    settings, config, chance = results["settings"], results["pbml"], results["chance"]
+    queries = config["ways"] * config["queries"]
+    history = results["history"]
+    best = history["step"][int(np.argmax(history["valid_accuracy"]))]
+    lines = [f"{config['ways']}-way {config['shots']}-shot, {config['queries']} query per class; "
+             f"{len(results['classes']['test'])} unseen test modules; chance {number(chance)}. Encoder: the first "
+             f"{settings['layers']} blocks; {settings['meta_steps']} meta-steps of batch {settings['meta_batch']}, "
+             f"{config['inner_steps']} inner steps. The results hold no paired test between methods.", ""]
+    rows, flagged = [], []
+    for name, s in results["test_accuracy"].items():
+        figure = {"mean": s["mean"], "ci95": [s["mean"] - s["ci95"], s["mean"] + s["ci95"]], "n": s["episodes"]}
+        ratio = degenerate(s, chance, queries)
+        if ratio is not None:
+            flagged.append(name)
+        rows.append((name, interval(figure), s["episodes"],
+                     "-" if ratio is None else f"DEGENERATE: at chance, spread {number(ratio, 2)} of independent answers"))
+    lines.append(table(["method", "test accuracy [95% CI over episodes]", "episodes", "flag"], rows))
+    if flagged:
+        lines += ["", f"Flagged ({', '.join(flagged)}): accuracy at chance with an interval under half as wide as "
+                      f"independent answers at that accuracy would give over {queries} queries per episode; a "
+                      f"near-constant predictor (answering one class scores exactly chance in every episode)."]
+    lines += ["", f"Best validation checkpoint: meta-step {best} (validation accuracy "
+                  f"{number(results['best_valid_accuracy'])}).", "",
+              table(["meta-step", f"validation accuracy ({settings['valid_episodes']} episodes)", "mean train loss"],
+                    [(step, number(acc), "-" if loss is None else number(loss)) for step, acc, loss in
+                     zip(history["step"], history["valid_accuracy"], history["train_loss"])])]
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 import jaxinterp
+from experiments.markdown import number, signed, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data.reasoning_gym import chain_problems
 from jaxinterp.methods import salamander as sl
@@ -34,6 +35,39 @@ QUERY = "Q: {question}\nA: The answer is"
 
 def demonstration(problem) -> str:
     return f"Q: {problem.story}\nA: {problem.worked()}\n\n"
+
+
+def report(results: dict) -> str:
+    """The CoSP paragraph of docs/salamander.md's measured section: each demonstration's accuracy,
+    Shapley values and metrics, then the Pearson r of each metric with accuracy across the pool
+    (undefined when the accuracy does not vary). No interval: the results hold per-demonstration
+    figures on a few problems."""
+    problems = results["accuracy_problems"]
+    accuracy = results["accuracy"]
+    lines = [f"{results['pool']} demonstrations ({min(results['expressions'])} to {max(results['expressions'])} "
+             f"expressions), exact Shapley values on {results['shapley_problems']} test problems with v(S) = "
+             f"{results['value']}; accuracy on {problems} problems; {number(results['seconds'])} s.", ""]
+    rows = []
+    for d in results["demonstrations"]:
+        phibar = d["phibar"]
+        largest = max(phibar)
+        rows.append((d["n"], f"{number(d['accuracy'])} ({round(d['accuracy'] * problems)} / {problems})",
+                     number(d["ssv"]), number(largest), number(min(phibar)),
+                     number(largest / d["ssv"]) if d["ssv"] > 0 else "undefined",
+                     *(number(d[key]) for key in ("cosp_0", "cosp_0.5", "cosp_1")), d["noe"],
+                     d["coalitions_scored"]))
+    lines.append(table(["expressions", "accuracy", "SSV", "largest phibar", "smallest phibar",
+                        "largest phibar / SSV", "CoSP-0", "CoSP-0.5", "CoSP-1", "NoE", "coalitions"], rows))
+    constant = len(set(accuracy)) == 1
+    lines += ["", table(["metric", f"Pearson r with accuracy (n = {results['pool']} demonstrations)"],
+                        [(name.replace("_", "-").replace("cosp", "CoSP").replace("ssv", "SSV").replace("noe", "NoE"),
+                          signed(r))
+                         for name, r in results["pearson_with_accuracy"].items()])]
+    if constant:
+        lines += ["", f"Every demonstration has the same accuracy ({number(accuracy[0])}, {round(accuracy[0] * problems)} / "
+                      f"{problems}), so each correlation is "
+                      "undefined."]
+    return "\n".join(lines)
 
 
 def main() -> None:

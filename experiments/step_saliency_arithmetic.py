@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 import jaxinterp
 from experiments import arithmetic_traces as traces
+from experiments.markdown import number, p_value, signed, table
 from experiments.outputs import output_dir, save_figure, save_json
 from jaxinterp.methods import step_saliency as ss
 from jaxinterp.methods.reasoning_segments import tokenize_trace
@@ -38,6 +39,44 @@ def padded(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[np.n
     for r, (ids, st) in enumerate(rows):
         tokens[r, :len(ids)], steps[r, :len(ids)], mask[r, :len(ids)] = ids, st, True
     return tokens, steps, mask
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/step_saliency.md: accuracy of the traces, then the Shallow
+    Lock-in and Deep Decay scores of correct and wrong traces with their Welch tests, Deep Decay again
+    over the traces that have a summary step (a trace without one scores 0; no test recorded for that
+    subset), and the per-layer final-heat anomaly summarised (layers where correct traces are higher,
+    the smallest per-layer p). Means only: the results hold no interval."""
+    n_correct, n_wrong = results["n_correct"], results["n_wrong"]
+    lines = [f"{results['problems']} problems, {n_correct} answered correctly (accuracy {number(results['accuracy'])}); "
+             f"mean {number(results['mean_steps'], 2)} steps per trace. Means of the per-trace scores; the results "
+             "hold no interval.", ""]
+
+    def span(layers):
+        return f"layers {layers[0]}-{layers[-1]}"
+
+    rows = [(f"{label} ({span(results[layers])})", number(results[key]["correct_mean"]),
+             number(results[key]["wrong_mean"]), signed(results[key].get("welch_t")), p_value(results[key].get("p_value")))
+            for label, key, layers in (("Shallow Lock-in", "shallow_lock_in", "shallow_layers"),
+                                       ("Deep Decay", "deep_decay", "deep_layers"))]
+    with_summary = [t for t in results["traces"] if "summary" in t["kinds"]]
+    kept = {flag: [t["deep_decay"] for t in with_summary if t["correct"] is flag] for flag in (True, False)}
+    rows.append((f"Deep Decay, traces with a summary step ({len(kept[True])} correct, {len(kept[False])} wrong)",
+                 number(float(np.mean(kept[True]))) if kept[True] else "undefined",
+                 number(float(np.mean(kept[False]))) if kept[False] else "undefined", "-", "-"))
+    lines.append(table(["score", f"correct (n = {n_correct})", f"wrong (n = {n_wrong})", "Welch t", "Welch p"], rows))
+    heat = results["final_heat_anomaly_per_layer"]
+    higher = sum(c > w for c, w in zip(heat["correct_mean"], heat["wrong_mean"]))
+    without = [t for t in results["traces"] if "summary" not in t["kinds"]]
+    if without:
+        lines += ["", f"Traces without a summary step: {len(without)}, {sum(not t['correct'] for t in without)} of them "
+                      f"wrong; their mean Deep Decay is {number(float(np.mean([t['deep_decay'] for t in without])))}."]
+    lines.append("")
+    if heat.get("p_value") is not None:
+        low = int(np.argmin(heat["p_value"]))
+        lines.append(f"Final-heat anomaly, mean(S,S) / mean(T,T) per layer: higher for correct traces in {higher} of "
+                     f"{len(heat['correct_mean'])} layers; smallest Welch p {p_value(heat['p_value'][low])} (layer {low}).")
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -24,8 +24,53 @@ from scipy import stats
 import jaxinterp
 from experiments import arithmetic_traces as traces
 from experiments.intervals import bootstrap_mean, paired_difference
+from experiments.markdown import interval, number, p_value, signed, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
+from jaxinterp.data.reasoning_gym import parse_answer
 from jaxinterp.methods import stepflow as sf
+
+
+def _saved(examples: list[dict]) -> str:
+    """How many of the saved changed completions are scored correct with StepFlow off and on."""
+    right = {side: sum(parse_answer(e[side]) == e["answer"] for e in examples) for side in ("off", "on")}
+    return (f"Of the {len(examples)} changed completions saved in the file (the first ones in problem order), "
+            f"{right['off']} are correct with StepFlow off and {right['on']} with it on.")
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/stepflow.md: accuracy with StepFlow off and on, and per "on"
+    configuration the paired comparison with off on the same problems (flips each way, exact
+    McNemar p, completions changed). Reads either the current file (per-variant bootstrap intervals
+    and paired differences) or one written before the SMI variants existed (`accuracy_off` /
+    `accuracy_on`, a single "on" configuration, no interval)."""
+    n = results["problems"]
+    settings = results["settings"]
+    if "variants" not in results:  # the file predates the SMI variants
+        window = "the whole previous step" if settings.get("window") is None else f"{settings['window']} tokens"
+        lines = [f"{n} problems. The file holds StepFlow off and one \"on\" configuration: tau_max "
+                 f"{number(settings['tau_max'])}, alpha {number(settings['alpha'])}, SMI window {window}; it names no "
+                 "SMI variant, records no SMI layers and holds no interval.", ""]
+        difference = (results["fixed"] - results["broken"]) / n
+        lines.append(table(["StepFlow", f"accuracy (n = {n})", "paired difference to off", "fixed / broken",
+                            "exact McNemar p", "completions changed"],
+                           [("off", f"{number(results['accuracy_off'])} ({round(results['accuracy_off'] * n)} / {n})",
+                             "-", "-", "-", "-"),
+                            ("on", f"{number(results['accuracy_on'])} ({round(results['accuracy_on'] * n)} / {n})",
+                             signed(difference, 3), f"{results['fixed']} / {results['broken']}",
+                             p_value(results["mcnemar_exact_p"]), f"{results['completions_changed']} / {n}")]))
+        return "\n".join(lines + ["", _saved(results["examples"])])
+    lines = [f"{n} problems; tau_max {number(settings['tau_max'])}, alpha {number(settings['alpha'])}.", ""]
+    rows = [("off", "-", "-", interval(results["accuracy"]["off"]), "-", "-", "-", "-")]
+    for variant, v in results["variants"].items():
+        rows.append((variant, ", ".join(str(layer) for layer in v["smi_layers"]),
+                     "whole previous step" if v["window"] is None else f"last {v['window']} tokens",
+                     interval(results["accuracy"][variant]), interval(v["difference"]), f"{v['fixed']} / {v['broken']}",
+                     p_value(v["mcnemar_exact_p"]), f"{v['completions_changed']} / {n}"))
+    lines.append(table(["StepFlow", "SMI layers", "SMI average", f"accuracy [95% CI] (n = {n})",
+                        "paired difference to off", "fixed / broken", "exact McNemar p", "completions changed"], rows))
+    for variant, v in results["variants"].items():
+        lines += ["", f"{variant}: " + _saved(v["examples"])]
+    return "\n".join(lines)
 
 
 def main() -> None:

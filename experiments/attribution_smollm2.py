@@ -6,11 +6,12 @@ SmolLM2 answers each question (greedy, chat template); the answer token that nam
 expected answer (its first sub-token, else the answer's first token) is explained,
 teacher-forced, by gradient x input and integrated gradients on the input embeddings
 (16 Gauss-Legendre steps from the `<|endoftext|>` embedding), Grad-CAM and LLaVA-CAM over the
-tokens at a middle layer, TAM and attention rollout. Since each question names one entity
+tokens at a middle layer (`mlp.in`, the post-attention norm's output LLaVA-CAM hooks), TAM and attention rollout. Since each question names one entity
 the answer depends on ("France" for the capital of France), the maps are scored on the
 question's tokens: the share of |attribution| on the entity's tokens (against the share a
 uniform map would give) and whether the most attributed question token is one of them
-(a token pointing game). Writes results.json, token strips and a bar chart.
+(a token pointing game), both kept per question so every mean carries a bootstrap 95% interval
+and the share a paired difference from the uniform map's share on the same question. Writes results.json, token strips and a bar chart.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import jax
 import numpy as np
 
 import jaxinterp
-from experiments.markdown import number, table
+from experiments.intervals import bootstrap_mean, paired_difference
+from experiments.markdown import interval, number, signed, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.attribution import Tokens, attribute
 from jaxinterp.models import segment_id
@@ -48,8 +50,8 @@ LAYER = 15  # a middle layer of SmolLM2's 30 for the token CAMs
 METHODS = [  # (row name, method, options)
     ("Gradient x input", "grad_x_input", {"site": "embed"}),
     ("Integrated gradients", "integrated_gradients", {"site": "embed", "steps": 16}),
-    ("Grad-CAM", "grad_cam", {"site": f"blocks.{LAYER}.resid_mid"}),
-    ("LLaVA-CAM", "llava_cam", {"site": f"blocks.{LAYER}.resid_mid", "threshold": None}),
+    ("Grad-CAM", "grad_cam", {"site": f"blocks.{LAYER}.mlp.in"}),
+    ("LLaVA-CAM", "llava_cam", {"site": f"blocks.{LAYER}.mlp.in", "threshold": None}),
     ("TAM", "tam", {}),
     ("Attention rollout", "rollout", {}),
 ]
@@ -84,19 +86,31 @@ def entity_tokens(model, batch, row: int, entity: str) -> np.ndarray:
 
 def report(results: dict) -> str:
     """The SmolLM2 part of docs/attribution.md's measured section: per method, the mean share of
-    |attribution| on the question's entity tokens (against a uniform map's share) and the token
-    pointing game, ranked by the share."""
-    methods = results["methods"]
+    |attribution| on the question's entity tokens with its paired difference from a uniform map's
+    share, and the token pointing game, ranked by the share; intervals where the results hold
+    per-question scores."""
+    methods, n = results["methods"], results["questions"]
     ranked = sorted(methods, key=lambda name: methods[name]["entity_share"], reverse=True)
     uniform = results["uniform_entity_share"]
-    rows = [(name, number(methods[name]["entity_share"]),
-             "above" if methods[name]["entity_share"] > uniform else "below",
-             number(methods[name]["entity_pointing"])) for name in ranked]
+
+    def figure(name, key):
+        per_item = methods[name].get("per_item", {})
+        return interval(bootstrap_mean(per_item[key])) if key in per_item else number(methods[name][key])
+
+    def versus_uniform(name):
+        per_item = methods[name].get("per_item", {})
+        if "entity_share" not in per_item or "uniform_entity_share" not in results.get("per_item", {}):
+            return "above" if methods[name]["entity_share"] > uniform else "below"
+        gap = paired_difference(results["per_item"]["uniform_entity_share"], per_item["entity_share"])
+        return f"{signed(gap['mean'], 3)} [{signed(gap['ci95'][0], 3)}, {signed(gap['ci95'][1], 3)}]"
+
+    rows = [(name, figure(name, "entity_share"), versus_uniform(name), figure(name, "entity_pointing"))
+            for name in ranked]
     return "\n".join([
-        f"{results['questions']} questions, {results['answers_with_expected_word']} of whose answers contain the "
+        f"{n} questions, {results['answers_with_expected_word']} of whose answers contain the "
         f"expected answer; a uniform map puts {number(uniform)} of its mass on the entity tokens.", "",
-        table(["method", f"entity share (n = {results['questions']})", "vs uniform map",
-               f"entity pointing (n = {results['questions']})"], rows)])
+        table(["method", f"entity share (n = {n})", "minus the uniform map's share (paired)",
+               f"entity pointing (n = {n})"], rows)])
 
 
 def main() -> None:
@@ -127,9 +141,11 @@ def main() -> None:
         share = (on_question * entity).sum(1) / np.maximum(on_question.sum(1), 1e-12)
         pointing = entity[np.arange(len(texts)), np.argmax(on_question, axis=1)]
         summary[name] = {"entity_share": float(share.mean()), "entity_pointing": float(pointing.mean()),
+                         "per_item": {"entity_share": share.tolist(), "entity_pointing": pointing.astype(float).tolist()},
                          "seconds": time.perf_counter() - t0}
         print(f"{name:22s} entity share {share.mean():.3f}  pointing {pointing.mean():.3f}", flush=True)
-    uniform = float(np.mean(entity.sum(1) / question.sum(1)))
+    uniform_per_question = entity.sum(1) / question.sum(1)
+    uniform = float(np.mean(uniform_per_question))
     rows = []
     for r, (q, e, truth) in enumerate(QUESTIONS):
         segments = np.asarray(batch.segments[r])  # from the user's turn on (the template's system text left out)
@@ -152,7 +168,8 @@ def main() -> None:
     ax.legend(fontsize=8)
     save_figure(fig, folder, "entity_share.png")
     save_json(folder, {"questions": len(QUESTIONS), "answers_with_expected_word": int(sum(found)),
-                       "uniform_entity_share": uniform, "methods": summary, "rows": rows,
+                       "uniform_entity_share": uniform,
+                       "per_item": {"uniform_entity_share": uniform_per_question.tolist()}, "methods": summary, "rows": rows,
                        "seconds": time.perf_counter() - started})
     print(f"done in {time.perf_counter() - started:.0f} s")
 

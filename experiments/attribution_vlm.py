@@ -12,12 +12,13 @@ probability. The diffusion model adds Diffusion-CAM's ablation rows (baseline, +
 +CBA, +SICD, all) at the structurally valid step where the target token was decided, and
 the full method on the finished answer.
 
-Sites (2-block decoders): the gradient CAMs read `blocks.0.resid_mid` (LLaVA-CAM's MLP-input
-norm sits right after it), Diffusion-CAM `blocks.0.resid_post` (the block output, a third of the
+Sites (2-block decoders): the gradient CAMs read `blocks.0.mlp.in` (the post-attention norm's
+output, LLaVA-CAM's hook point), Diffusion-CAM `blocks.0.resid_post` (the block output, a third of the
 depth as in the reference), Score-CAM `projector.out`, gradient x input and integrated gradients
 `embed` (IG from the pad token's embedding, 32 Gauss-Legendre steps); LLaVA-CAM's per-layer
-scores come from one backward over `blocks.*.resid_mid`. Writes results.json, F3 bar charts,
-example overlays and one HTML report.
+scores come from one backward over `blocks.*.mlp.in`. Every metric is kept per question, so each
+mean carries a bootstrap 95% interval and each "best vs runner-up" a paired one
+(`experiments.intervals`). Writes results.json, F3 bar charts, example overlays and one HTML report.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.markdown import number, table
+from experiments.intervals import bootstrap_mean, paired_difference
+from experiments.markdown import interval, number, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.small_vlm import ANSWER_LENGTH, load_small_vlm, pairs, prompts
 from jaxinterp.attribution import Contrast, Tokens, attribute, deletion_insertion, localisation
@@ -39,7 +41,7 @@ from jaxinterp.diffusion import sample
 from jaxinterp.multimodal import encode
 from jaxinterp.viz import attribution_report, layer_grid
 
-CAM_SITE = "blocks.0.resid_mid"
+CAM_SITE = "blocks.0.mlp.in"
 BASELINES = [  # (row name, method, options)
     ("Grad-CAM", "grad_cam", {"site": CAM_SITE}),
     ("Grad-CAM++", "grad_cam_pp", {"site": CAM_SITE}),
@@ -70,9 +72,11 @@ def object_masks(rows: list[tuple[shapes.Example, shapes.Question]]) -> np.ndarr
 
 
 def scores(maps: jax.Array, masks: np.ndarray, kinds: list[str]) -> dict:
-    """Mean localisation metrics of maps [B, rows, cols] (and Obj-IoU / F3 per question kind)."""
+    """Mean localisation metrics of maps [B, rows, cols] (and Obj-IoU / F3 per question kind), with
+    every metric per question under "per_item"."""
     per_row = jax.vmap(localisation)(jnp.asarray(maps, jnp.float32), jnp.asarray(masks))
     out = {name: float(np.mean(per_row[name])) for name in METRICS}
+    out["per_item"] = {name: np.asarray(per_row[name], np.float64).tolist() for name in METRICS}
     for kind in shapes.KINDS:
         chosen = np.array([k == kind for k in kinds])
         if chosen.any():
@@ -100,8 +104,9 @@ def evaluate_baselines(model, batch, target, masks, kinds, *, deletion: bool) ->
         table[name] = {**scores(maps[name], masks, kinds), "seconds": seconds}
         if deletion:
             curves = deletion_insertion(model, batch, out.image[0], steps=16)
-            table[name]["deletion_auc"] = float(np.mean(curves["deletion_auc"]))
-            table[name]["insertion_auc"] = float(np.mean(curves["insertion_auc"]))
+            for key in ("deletion_auc", "insertion_auc"):
+                table[name][key] = float(np.mean(curves[key]))
+                table[name]["per_item"][key] = np.asarray(curves[key], np.float64).tolist()
         print(f"  {name:28s} F3 {table[name]['f3']:.3f}  Obj-IoU {table[name]['obj_iou']:.3f}  "
               f"pointing {table[name]['pointing']:.3f}  ({seconds:.1f} s)", flush=True)
     return table, maps
@@ -117,7 +122,7 @@ def causal_model(rows, masks, kinds, folder) -> dict:
     accuracy = float(np.mean([p == q.answer for (_, q), p in zip(rows, predicted)]))
     print(f"llava: {len(rows)} answered questions, accuracy {accuracy:.3f}")
     table, maps = evaluate_baselines(model, batch, None, masks, kinds, deletion=True)
-    layers = attribute(model, batch, method="llava_cam", site="blocks.*.resid_mid")
+    layers = attribute(model, batch, method="llava_cam", site="blocks.*.mlp.in")
     per_layer = {site: scores(np.asarray(layers.image[i, :, 0]), masks, kinds) for i, site in enumerate(layers.sites)}
     example = 0
     layer_grid(rows[example][0].image, layers.image[:, example, 0], list(layers.sites),
@@ -199,8 +204,17 @@ COLUMNS = [  # (key, header, higher is better)
 
 def _sites(results: dict) -> str:
     sites = results["sites"]
+    blur = ("not recorded" if "dacg_blur" not in sites else "none (the released code's no-op)"
+            if sites["dacg_blur"] is None else f"sigma {sites['dacg_blur']}")
     return (f"Sites recorded in the results file: Grad-CAM, Grad-CAM++ and LLaVA-CAM `{sites['cam']}`, "
-            f"Diffusion-CAM `{sites['diffusion_cam']}`.")
+            f"Diffusion-CAM `{sites['diffusion_cam']}`; DACG blur {blur}.")
+
+
+def _figure(scores: dict, key: str) -> str:
+    """A method's metric: its mean with a bootstrap 95% interval over the questions where the
+    results hold them per question, else the bare mean."""
+    per_item = scores.get("per_item", {})
+    return interval(bootstrap_mean(per_item[key])) if key in per_item else number(scores[key])
 
 
 def _method_table(result: dict, names: list[str], label: str = "method") -> str:
@@ -208,17 +222,21 @@ def _method_table(result: dict, names: list[str], label: str = "method") -> str:
     methods = result["methods"]
     columns = [(key, header) for key, header, _ in COLUMNS if all(key in methods[n] for n in names)]
     return table([label, *(header for _, header in columns)],
-                 [(name, *(number(methods[name][key]) for key, _ in columns)) for name in names])
+                 [(name, *(_figure(methods[name], key) for key, _ in columns)) for name in names])
 
 
 def _best(result: dict, names: list[str]) -> dict[str, str]:
-    """Per metric of COLUMNS: the best and the runner-up method of `names` with their scores."""
+    """Per metric of COLUMNS: the best and the runner-up method of `names` with their means, and
+    the paired difference best - runner-up over the same questions with its bootstrap interval."""
     methods, found = result["methods"], {}
     for key, header, higher in COLUMNS:
         if all(key in methods[n] for n in names):
-            ranked = sorted(names, key=lambda n: methods[n][key], reverse=higher)  # noqa: B023
-            found[f"{header} ({'higher' if higher else 'lower'} is better)"] = "; ".join(
-                f"{n} {number(methods[n][key])}" for n in ranked[:2])
+            first, second = sorted(names, key=lambda n: methods[n][key], reverse=higher)[:2]  # noqa: B023
+            cell = f"{first} {number(methods[first][key])}; {second} {number(methods[second][key])}"
+            if all(key in methods[n].get("per_item", {}) for n in (first, second)):
+                gap = paired_difference(methods[second]["per_item"][key], methods[first]["per_item"][key])
+                cell += f"; difference {interval(gap)}"
+            found[f"{header} ({'higher' if higher else 'lower'} is better)"] = cell
     return found
 
 
@@ -228,7 +246,8 @@ def report(results: dict) -> str:
     methods per metric, and the causal model's LLaVA-CAM per layer."""
     models = results["models"]
     baselines = [name for name, _, _ in BASELINES]
-    lines = [f"{results['scenes']} held-out scenes; means over each model's answered questions. {_sites(results)}", ""]
+    lines = [f"{results['scenes']} held-out scenes; means over each model's answered questions, with bootstrap 95% "
+             f"intervals over the questions where the results hold per-question scores. {_sites(results)}", ""]
     for kind, title, names in (
             ("llava", "Small LLaVA (causal)", baselines),
             ("diffusion", "Small diffusion MLLM", [*baselines, "Diffusion-CAM baseline", "Diffusion-CAM all"])):
@@ -237,12 +256,12 @@ def report(results: dict) -> str:
                   _method_table(result, names), ""]
     best = {kind: _best(models[kind], baselines) for kind in models}
     metrics = list(best["llava"])
-    lines += [table([f"metric (the {len(baselines)} methods run on both models)", "small LLaVA: best; runner-up",
-                     "small diffusion MLLM: best; runner-up"],
+    lines += [table([f"metric (the {len(baselines)} methods run on both models)", "small LLaVA: best; runner-up; paired difference",
+                     "small diffusion MLLM: best; runner-up; paired difference"],
                     [(m, best["llava"][m], best["diffusion"].get(m, "not measured")) for m in metrics]), ""]
     per_layer = models["llava"]["llava_cam_per_layer"]
     lines.append(table(["small LLaVA, LLaVA-CAM at", *(header for key, header, _ in COLUMNS if key in METRICS)],
-                       [(f"`{site}`", *(number(s[key]) for key, _, _ in COLUMNS if key in METRICS))
+                       [(f"`{site}`", *(_figure(s, key) for key, _, _ in COLUMNS if key in METRICS))
                         for site, s in per_layer.items()]))
     return "\n".join(lines)
 
@@ -253,10 +272,15 @@ def report_ablation(results: dict) -> str:
     answer), with the gradient CAMs on the same questions for comparison."""
     result = results["models"]["diffusion"]
     rows = [f"Diffusion-CAM {name}" for name, _ in ABLATIONS] + ["Diffusion-CAM all, finished answer"]
-    return "\n".join([
-        f"{result['questions']} held-out questions ({results['scenes']} scenes), answer accuracy "
-        f"{number(result['accuracy'])}; site `{results['sites']['diffusion_cam']}`; means over the questions.", "",
-        _method_table(result, rows, "row"), "",
+    lines = [f"{result['questions']} held-out questions ({results['scenes']} scenes), answer accuracy "
+             f"{number(result['accuracy'])}; site `{results['sites']['diffusion_cam']}`; means over the questions.", "",
+             _method_table(result, rows, "row"), ""]
+    methods, base = result["methods"], result["methods"]["Diffusion-CAM baseline"].get("per_item")
+    if base is not None:
+        lines += [table(["row", "F3 minus the baseline's (paired, same questions)"],
+                        [(name, interval(paired_difference(base["f3"], methods[name]["per_item"]["f3"])))
+                         for name in rows[1:]]), ""]
+    return "\n".join([*lines,
         _method_table(result, ["Grad-CAM", "LLaVA-CAM", "LLaVA-CAM smooth (N=50)"], "for comparison, same questions")])
 
 
@@ -269,7 +293,8 @@ def main() -> None:
     started = time.perf_counter()
     rows = pairs(shapes.examples("heldout", args.scenes, seed=2))
     masks, kinds = object_masks(rows), [q.kind for _, q in rows]
-    results = {"scenes": args.scenes, "sites": {"cam": CAM_SITE, "diffusion_cam": dc.DEFAULT_SITE.format(third=0)},
+    results = {"scenes": args.scenes, "sites": {"cam": CAM_SITE, "diffusion_cam": dc.DEFAULT_SITE.format(third=0),
+                                            "dacg_blur": None},
                "models": {"llava": causal_model(rows, masks, kinds, folder),
                           "diffusion": diffusion_model(rows, masks, kinds, folder)}}
     results["seconds"] = time.perf_counter() - started

@@ -29,3 +29,23 @@ def paired_difference(base: Sequence[float] | np.ndarray, other: Sequence[float]
     if base.shape != other.shape:
         raise ValueError(f"other: expected the shape of base {base.shape}, found {other.shape}")
     return bootstrap_mean(other - base, resamples=resamples, seed=seed)
+
+
+def bootstrap_correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
+                          resamples: int = 2000, seed: int = 0) -> dict:
+    """{"r", "ci95", "n", "defined"}: Pearson r of paired items with a percentile bootstrap over the
+    pairs. Resamples where either side is constant have no r and are left out ("defined" counts the
+    rest); r itself is None when either side is constant."""
+    x, y = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"y: expected the shape of x {x.shape}, found {y.shape}")
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"r": None, "ci95": [None, None], "n": int(x.size), "defined": 0}
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, x.size, (resamples, x.size))
+    xs, ys = x[picks] - x[picks].mean(1, keepdims=True), y[picks] - y[picks].mean(1, keepdims=True)
+    defined = (np.ptp(x[picks], 1) > 0) & (np.ptp(y[picks], 1) > 0)
+    found = (xs * ys).sum(1)[defined] / np.sqrt((xs**2).sum(1) * (ys**2).sum(1))[defined]
+    low, high = np.percentile(found, [2.5, 97.5])
+    return {"r": float(np.corrcoef(x, y)[0, 1]), "ci95": [float(low), float(high)], "n": int(x.size),
+            "defined": int(found.size)}

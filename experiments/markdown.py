@@ -10,16 +10,19 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 
 def number(x: Any, digits: int = 3) -> str:
-    """A figure: integers as they are, below 1 with `digits` decimals (proportions line up), above
-    with `digits` significant digits; NaN and None as "undefined"."""
+    """A figure: ints as they are; floats up to 1 in magnitude with `digits` decimals (proportions
+    and their interval bounds line up: 1.000, not 1), larger ones with `digits` significant digits
+    (trailing zeros kept: 2.50) and no decimals from 10**digits on; NaN and None as "undefined"."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "undefined"
-    if isinstance(x, int) or float(x).is_integer() and abs(x) >= 1:
+    if isinstance(x, (int, np.integer)):
         return str(int(x))
     x = float(x)
-    return f"{x:.{digits}f}" if abs(x) < 1 else f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+    return f"{x:.{digits}f}" if abs(x) <= 1 else f"{x:#.{digits}g}".rstrip(".") if abs(x) < 10 ** digits else f"{x:.0f}"
 
 
 def signed(x: Any, digits: int = 2) -> str:

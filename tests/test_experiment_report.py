@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from experiments import report
+from experiments import markdown, report
 
 SECTION = "<!-- measured: art_smollm2 -->\n{}<!-- /measured -->\n"
 
@@ -46,3 +46,12 @@ def test_a_section_without_results_or_renderer_is_an_error(root):
     (root / "results" / "nowhere" / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="no experiment module experiments.nowhere"):
         report.render("nowhere", root=root)
+
+
+@pytest.mark.parametrize("value, shown", [
+    (3, "3"), (1.0, "1.000"), (0.5, "0.500"), (-0.4912, "-0.491"), (2.5, "2.50"), (12.0, "12.0"),
+    (123.456, "123"), (99.96, "100"), (1234.5, "1234"), (None, "undefined"), (float("nan"), "undefined")])
+def test_a_figure_is_shown_with_its_digits(value, shown):
+    """Proportions and their interval bounds keep their decimals (1.000, not 1), larger figures keep
+    three significant digits with their trailing zeros; only ints print bare."""
+    assert markdown.number(value) == shown

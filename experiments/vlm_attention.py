@@ -14,8 +14,13 @@ count); every span (image / question / answer) comes from the prompts' segments.
    model's last) at both betas; exact-match accuracy per question kind, flips, McNemar p-value.
 3. Information flow: attention mass from the image, question and template tokens to the answer
    tokens (teacher-forced), per layer, the LLaVA-CAM intensity per layer, and the suggested cliff layer.
-4. Truncation sweep: answer exact match and log-prob with the image hidden from layer K on
-   (R = 0, the paper's setting, and R = 8 kept tokens), for every K, against K = L (no truncation).
+4. Truncation sweep: with the image hidden from layer K on (R = 0, the paper's setting, and R = 8
+   kept tokens, chosen on each prompt), for every K against K = L (no truncation): the exact match
+   of the greedy answer generated under the edit (the paper's score, the headline), and, secondary,
+   the teacher-forced exact match and answer log-prob of the gold answer (one `sweep` over K).
+
+Every accuracy carries a bootstrap 95% interval over the questions (`experiments.intervals`), and
+every comparison with the unedited model McNemar's exact test on the same questions.
 
 Writes results.json, sinks_paper.png, sinks_scaled.png, flow.png and truncation.png.
 """
@@ -23,18 +28,20 @@ Writes results.json, sinks_paper.png, sinks_scaled.png, flow.png and truncation.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
 
 from jaxinterp import small_vlm
-from experiments.markdown import number, p_value, table
+from experiments.intervals import bootstrap_mean
+from experiments.markdown import interval, number, p_value, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data import shapes
 from jaxinterp.methods.evas import evas, sink_profile
 from jaxinterp.methods.infoflow import information_flow, llava_cam_intensity
-from jaxinterp.methods.truncation import truncation_sweep
+from jaxinterp.methods.truncation import truncate, truncation_sweep
 from jaxinterp.models import segment_id
 from jaxinterp.viz import layer_head_heatmap
 
@@ -48,12 +55,14 @@ def chunks(rows: list, size: int):
         yield rows[start:start + size]
 
 
-def generate(model, rows, edits, chunk: int) -> list[str]:
-    """Greedy answers (as `small_vlm.answer`) under `edits`."""
+def generate(model, rows, edits: tuple | Callable, chunk: int) -> list[str]:
+    """Greedy answers (as `small_vlm.answer`) under the tuple `edits`, or under `edits(prompts)`
+    for edits that depend on each chunk's prompts (truncation's kept tokens)."""
     texts = []
     for part in tqdm(list(chunks(rows, chunk)), desc="answering", leave=False):
-        texts += model.generate(small_vlm.prompts(model, part), max_new_tokens=small_vlm.ANSWER_LENGTH,
-                                edits=edits).texts
+        batch = small_vlm.prompts(model, part)
+        texts += model.generate(batch, max_new_tokens=small_vlm.ANSWER_LENGTH,
+                                edits=edits if isinstance(edits, tuple) else edits(batch)).texts
     return [t.strip() for t in texts]
 
 
@@ -68,6 +77,11 @@ def _beta(results: dict, label: str) -> str:
     """An EVAS label "layer L, beta NAME" with the beta's value."""
     layer, name = label.split(", beta ")
     return f"{layer}, beta {number(results['betas'][name])} ({name})"
+
+
+def _accuracy(correct) -> str:
+    """Exact match over the questions with its bootstrap 95% interval."""
+    return interval(bootstrap_mean(np.asarray(correct, float)))
 
 
 def _tests(test: dict) -> tuple[str, str]:
@@ -98,7 +112,8 @@ def report(results: dict) -> str:
     rows = []
     for label, entry in evas.items():
         tests = ("-", "-") if label == "off" else _tests(entry)
-        rows.append(("off" if label == "off" else _beta(results, label), number(entry["accuracy"]["overall"]),
+        overall = _accuracy(entry["correct"]) if "correct" in entry else number(entry["accuracy"]["overall"])
+        rows.append(("off" if label == "off" else _beta(results, label), overall,
                      *(number(entry["accuracy"][k]) for k in kinds), *tests, entry["answers_changed"]))
     return "\n".join([_header(results), "",
                       table(["EVAS", f"accuracy (n = {results['questions']})", *kinds,
@@ -120,22 +135,30 @@ def flow_table(results: dict) -> str:
 def report_flow(results: dict) -> str:
     """The measured section of docs/information_flow_truncation.md: information flow per layer with
     the LLaVA-CAM intensity and the suggested cliff layer of each chunk, then the truncation sweep
-    (teacher-forced exact match and answer log-prob per first truncated layer K, with the flips and
-    McNemar's exact test against no truncation on the same questions)."""
+    per first truncated layer K: the generated answers' exact match (with intervals, flips and
+    McNemar's exact test against no truncation on the same questions) where the results hold it,
+    and the teacher-forced exact match and answer log-prob."""
     cliffs = results["information_flow"]["cliff_per_chunk"]
     found = ", ".join("none" if c is None else f"layer {c}" for c in cliffs)
+    generated = all("generated" in sweep for sweep in results["truncation"].values())
     rows = []
     for label, sweep in results["truncation"].items():
         last = sweep["K"][-1]
-        for k, accuracy, log_prob, test in zip(sweep["K"], sweep["accuracy"], sweep["answer_log_prob"],
-                                               sweep["vs_no_truncation"]):
-            rows.append((label.split("=")[1], f"{k} (no truncation)" if k == last else k, number(accuracy),
-                         number(log_prob), *(("-", "-") if k == last else _tests(test))))
+        for i, k in enumerate(sweep["K"]):
+            cells = [label.split("=")[1], f"{k} (no truncation)" if k == last else k]
+            for part in (("generated", "teacher_forced") if generated else ("teacher_forced",)):
+                scores = sweep[part] if part in sweep else sweep  # files before generated answers were scored
+                accuracy = _accuracy(scores["correct"][i]) if "correct" in scores else number(scores["accuracy"][i])
+                cells += [accuracy, *(("-", "-") if k == last else _tests(scores["vs_no_truncation"][i]))]
+            rows.append((*cells, number(sweep.get("teacher_forced", sweep)["answer_log_prob"][i])))
+    n = results["questions"]
+    header = ["kept image tokens (R)", "first layer without the image (K)"]
+    if generated:
+        header += [f"generated exact match (n = {n})", "fixed / broken", "McNemar p"]
+    header += [f"teacher-forced exact match (n = {n})", "fixed / broken", "McNemar p", "answer log-prob"]
     return "\n".join([_header(results), "", flow_table(results), "",
                       f"Suggested cliff layer, per chunk of questions ({len(cliffs)} chunks): {found}.", "",
-                      table(["kept image tokens (R)", "first layer without the image (K)",
-                             f"exact match (n = {results['questions']})", "answer log-prob",
-                             "fixed / broken vs no truncation", "McNemar p"], rows)])
+                      table(header, rows)])
 
 
 def report_sinks(results: dict) -> str:
@@ -173,10 +196,10 @@ def main() -> None:
     answers = {"off": generate(model, rows, (), args.chunk)}
     for layer in range(layers):
         for name, beta in betas.items():
-            answers[f"layer {layer}, beta {name}"] = generate(model, rows, evas(model, layers=(layer,), beta=beta),
+            answers[f"layer {layer}, beta {name}"] = generate(model, rows, (evas(model, layers=(layer,), beta=beta),),
                                                               args.chunk)
     right = {label: np.array(texts) == truth for label, texts in answers.items()}
-    results["evas"] = {label: {"accuracy": small_vlm.accuracy(rows, texts),
+    results["evas"] = {label: {"accuracy": small_vlm.accuracy(rows, texts), "correct": right[label].tolist(),
                                **({} if label == "off" else mcnemar(right["off"], right[label])),
                                "answers_changed": int(np.sum(np.array(texts) != np.array(answers["off"])))}
                        for label, texts in answers.items()}
@@ -190,16 +213,17 @@ def main() -> None:
 
     print("4. truncation sweep")
     starts = list(range(layers + 1))
-    sweeps = {}
+    results["truncation"] = {}
     for count in (0, 8):
         found = [truncation_sweep(model, b, starts, count=count) for b in teacher]
-        sweeps[count] = {"log_prob": np.concatenate([f["log_prob"] for f in found], axis=1),
-                         "correct": np.concatenate([f["correct"] for f in found], axis=1)}
-    results["truncation"] = {
-        f"R={count}": {"K": starts, "accuracy": s["correct"].mean(axis=1).tolist(),
-                       "answer_log_prob": s["log_prob"].mean(axis=1).tolist(),
-                       "vs_no_truncation": [mcnemar(s["correct"][-1], s["correct"][k]) for k in starts]}
-        for count, s in sweeps.items()}
+        forced = np.concatenate([f["correct"] for f in found], axis=1)  # [K, questions]
+        made = np.stack([np.array(generate(model, rows, lambda batch, k=k: (truncate(model, batch, start=k, count=count),),
+                                           args.chunk)) == truth for k in starts])
+        results["truncation"][f"R={count}"] = {
+            "K": starts,
+            "generated": {"correct": made.tolist(), "vs_no_truncation": [mcnemar(made[-1], m) for m in made]},
+            "teacher_forced": {"correct": forced.tolist(), "vs_no_truncation": [mcnemar(forced[-1], f) for f in forced],
+                               "answer_log_prob": np.concatenate([f["log_prob"] for f in found], axis=1).mean(1).tolist()}}
     save_json(folder, results)
     _figures(density, mass, results, folder)
 
@@ -218,9 +242,11 @@ def _figures(density: dict[str, np.ndarray], mass: np.ndarray, results: dict, fo
     save_figure(fig, folder, "flow.png")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for label, sweep in results["truncation"].items():
-        axes[0].plot(sweep["K"], sweep["accuracy"], marker="o", label=label)
-        axes[1].plot(sweep["K"], sweep["answer_log_prob"], marker="o", label=label)
-    for ax, name in zip(axes, ("answer exact match", "answer log-prob")):
+        for part, style in (("generated", "-"), ("teacher_forced", ":")):
+            axes[0].plot(sweep["K"], np.mean(sweep[part]["correct"], axis=1), style, marker="o",
+                         label=f"{label}, {part.replace('_', '-')}")
+        axes[1].plot(sweep["K"], sweep["teacher_forced"]["answer_log_prob"], marker="o", label=label)
+    for ax, name in zip(axes, ("answer exact match", "teacher-forced answer log-prob")):
         ax.set(xlabel="first layer without the image (K; K = L: none)", ylabel=name)
         ax.set_xticks(results["truncation"]["R=0"]["K"])
     axes[0].legend()

@@ -14,7 +14,8 @@ Kendall tau as in LogME/SFDA, plus Kendall tau, Spearman and Pearson).
 
 LEEP and NCE need a source head; for an LM we use the logit lens (the model's final RMSNorm
 and tied unembedding applied to the pooled feature) as theta over the vocabulary.
-Writes results.json, correlations.png and probe_accuracy.png.
+Writes results.json, correlations.png and probe_accuracy.png; `report(results)` renders the
+measured section of docs/transferability.md from results.json (`python -m experiments.report`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jaxinterp
+from experiments.markdown import number, signed, table
 from experiments.outputs import output_dir, plt, save_figure, save_json
 from jaxinterp.data.bigbench import fetch, load_task
 from jaxinterp.methods import transferability as tr
@@ -37,6 +39,10 @@ from jaxinterp.methods.features import POOLINGS, pooled_features
 TASKS = ("sports_understanding", "intent_recognition", "implicatures", "metaphor_boolean")
 CORRELATIONS = {"weighted_tau": tr.weighted_tau, "kendall_tau": tr.kendall_tau, "spearman": tr.spearman,
                 "pearson": tr.pearson}
+LABELS = {"h_score": "H-Score", "shrinkage_h_score": "shrinkage H-Score", "logme": "LogME", "transrate": "TransRate",
+          "sfda": "SFDA", "parc": "PARC", "knn": "kNN", "linear_probe": "linear probe (own holdout of the training split)",
+          "nleep": "NLEEP", "gbc": "GBC", "pactran_gaussian": "PACTran-Gaussian", "leep": "LEEP (logit lens)",
+          "nce": "NCE (logit lens)"}
 
 
 def stratified_split(labels: np.ndarray, examples: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +83,7 @@ def main() -> None:
     parser.add_argument("--out", default="results/transferability_bigbench")
     args = parser.parse_args()
     folder = output_dir(args.out)
+    started_run = time.perf_counter()
 
     model = jaxinterp.load("smollm2", progress=False)
     layers = list(range(args.layer_step - 1, model.config.num_layers, args.layer_step))
@@ -91,6 +98,7 @@ def main() -> None:
         chosen = np.concatenate([train, test])
         features = pooled_features(model, [texts[i] for i in chosen], sites=sites, max_tokens=args.max_tokens)
         stack = np.stack([features[c] for c in candidates])  # [M, N, D]
+        results["feature_dims"] = stack.shape[-1]
         # A candidate whose feature is the same for every text (e.g. the first token when every
         # input starts with the same word) has no defined score; it is reported and left out.
         constant = [bool(np.allclose(f, f[0])) for f in stack]
@@ -129,6 +137,7 @@ def main() -> None:
     for n in estimators:
         taus = [results["tasks"][t]["correlations"][n]["weighted_tau"] for t in args.tasks]
         results["mean_weighted_tau"][n] = float(np.mean([x for x in taus if np.isfinite(x)])) if any(np.isfinite(taus)) else None
+    results["seconds"] = time.perf_counter() - started_run  # model load, features, probes and estimators
     save_json(folder, results)
 
     matrix = np.array([[results["tasks"][t]["correlations"][n]["weighted_tau"] for t in args.tasks] for n in estimators])
@@ -152,6 +161,55 @@ def main() -> None:
         ax.set(title=name, xlabel="block", ylabel="probe accuracy (held out)")
         ax.legend()
     save_figure(fig, folder, "probe_accuracy.png")
+
+
+def report(results: dict) -> str:
+    """The measured section of docs/transferability.md: the run's setting, the weighted Kendall tau of
+    every estimator in the results file per task with its mean and summed estimator time, the best
+    probe, the candidates left out as constant, and the undefined correlations with the constant
+    scores behind them."""
+    settings, tasks = results["settings"], list(results["tasks"])
+    names = [n for n in results["mean_weighted_tau"]]
+    sites = list(dict.fromkeys(c.split("/")[0] for c in results["candidates"]))
+    poolings = list(dict.fromkeys(c.split("/")[1] for c in results["candidates"]))
+    width = f", {results['feature_dims']} feature dimensions" if "feature_dims" in results else ""
+    runtime = (f"{number(results['seconds'])} s in all" if "seconds" in results
+               else "the run's total time is not in this results file")
+    lines = [f"{len(results['candidates'])} candidates ({len(sites)} residual-stream sites, every "
+             f"{settings['layer_step']} blocks from block {sites[0].split('.')[1]}, x {' / '.join(poolings)} pooling"
+             f"{width}); per task a stratified sample of at most {settings['examples']} examples (seed "
+             f"{settings['seed']}, at most {settings['max_tokens']} tokens each); {runtime}.", ""]
+    header = ["estimator"] + [f"{t} ({len(results['tasks'][t]['classes'])} classes; {results['tasks'][t]['train']} train / "
+                              f"{results['tasks'][t]['test']} test)" for t in tasks]
+    header += ["mean", "estimator seconds, all tasks"]
+    rows = []
+    for n in names:
+        taus = [results["tasks"][t]["correlations"][n]["weighted_tau"] for t in tasks]
+        defined = sum(np.isfinite(taus))
+        mean = signed(results["mean_weighted_tau"][n]) + (f" ({defined} tasks)" if 0 < defined < len(tasks) else "")
+        seconds = sum(results["tasks"][t]["seconds"][n] for t in tasks)
+        rows.append([LABELS.get(n, n), *(signed(x) for x in taus), mean, number(seconds)])
+    lines += ["Weighted Kendall tau between estimator scores and held-out probe accuracy across the kept candidates "
+              "(estimator seconds include compilation):", "", table(header, rows), ""]
+    best = [f"{t} {number(max(r['probe_accuracy']))} ({r['best_candidate']})" for t, r in results["tasks"].items()]
+    lines += ["Best probe accuracy (held out): " + "; ".join(best) + ".", ""]
+    dropped = [f"{t}: {len(r['constant_candidates'])} ({' / '.join(sorted({c.split('/')[1] for c in r['constant_candidates']}))} "
+               "pooling)" for t, r in results["tasks"].items() if r["constant_candidates"]]
+    lines += ["Candidates left out as constant across texts: " + ("; ".join(dropped) if dropped else "none") + ".", ""]
+    constant = []
+    for n in names:
+        for t in tasks:
+            if not np.isfinite(results["tasks"][t]["correlations"][n]["weighted_tau"]):
+                scores = results["tasks"][t]["scores"][n]
+                low, high = f"{min(scores):.6g}", f"{max(scores):.6g}"
+                constant.append(f"{LABELS.get(n, n)} on {t}: {low if low == high else f'{low} to {high}'}")
+    if constant:
+        lines += ["Undefined correlations, every kept candidate scoring the same (to 6 digits): " + "; ".join(constant)
+                  + ".", ""]
+    missing = [LABELS[n] for n in tr.ESTIMATORS if n not in results["mean_weighted_tau"]]
+    if missing:
+        lines.append("Estimators of `ESTIMATORS` not in this results file: " + ", ".join(missing) + ".")
+    return "\n".join(lines).strip()
 
 
 if __name__ == "__main__":

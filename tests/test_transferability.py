@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.optimize
+import scipy.special
 import scipy.stats
 
 from jaxinterp.errors import ArgumentError
@@ -104,6 +106,66 @@ def ref_sfda(x, y):
     return fda(x, s)[0][np.arange(len(y)), y].mean()
 
 
+def ref_principal(f, dims):
+    """Centred projection on the top min(dims, N, D) principal axes (sklearn PCA's fit_transform)."""
+    f = f - f.mean(0)
+    _, _, vh = np.linalg.svd(f, full_matrices=False)
+    return f @ vh[: min(dims, *f.shape)].T
+
+
+def ref_gbc(f, y, dims=64, min_variance=1e-4):
+    """stable_transfer gbc.py, diagonal Gaussians: -sum over ordered class pairs of exp(-D_B)."""
+    z = ref_principal(f, dims)
+    stats = [(z[y == c].mean(0), np.maximum(z[y == c].var(0), min_variance)) for c in np.unique(y)]
+    total = 0.0
+    for i, (m1, s1) in enumerate(stats):
+        for j, (m2, s2) in enumerate(stats):
+            if i != j:
+                s = (s1 + s2) / 2
+                distance = np.sum((m1 - m2) ** 2 / s) / 8 + 0.5 * (np.sum(np.log(s)) - 0.5 * np.sum(np.log(s1))
+                                                                  - 0.5 * np.sum(np.log(s2)))
+                total += np.exp(-distance)
+    return -total
+
+
+def ref_pactran_gaussian(f, y, curvature, dims=64, lam=1.0, s2_factor=10.0):
+    """pactran_metrics calculate_pac_gauss on PCA features, minimised to convergence with scipy, with
+    the trace of the Hessian taken by central differences of the analytic gradient (its cross-entropy
+    part times N for curvature="summed", as the released code's elementwise second derivative sums)."""
+    z = ref_principal(f, dims)
+    n, d = z.shape
+    c = y.max() + 1
+    onehot = np.eye(c)[y]
+    prior = lam * n
+
+    def unpack(theta):
+        return theta[: d * c].reshape(d, c), theta[d * c:]
+
+    def loss(theta):
+        w, b = unpack(theta)
+        logits = z @ w + b
+        return -np.sum(onehot * scipy.special.log_softmax(logits, 1)) / n + np.sum(w**2) / (2 * prior)
+
+    def cross_entropy_grad(theta):
+        w, b = unpack(theta)
+        residual = (scipy.special.softmax(z @ w + b, 1) - onehot) / n
+        return np.concatenate([(z.T @ residual).ravel(), residual.sum(0)])
+
+    def grad(theta):
+        w, _ = unpack(theta)
+        return cross_entropy_grad(theta) + np.concatenate([w.ravel() / prior, np.zeros(c)])
+
+    found = scipy.optimize.minimize(loss, np.zeros(d * c + c), jac=grad, method="L-BFGS-B",
+                                    options=dict(maxiter=10_000, ftol=1e-15, gtol=1e-10))
+    assert found.success, found.message
+    theta, h = found.x, 1e-5
+    cross_entropy_trace = sum((cross_entropy_grad(theta + h * e)[i] - cross_entropy_grad(theta - h * e)[i]) / (2 * h)
+                              for i, e in enumerate(np.eye(theta.size)))
+    trace = cross_entropy_trace * (n if curvature == "summed" else 1) + d * c / prior
+    sigma2_inv = trace * prior / (d * c) + 1e-10
+    return -(loss(theta) + 0.5 * d * c / prior * (s2_factor / d) * np.log(sigma2_inv))
+
+
 def ref_leep(theta, y):
     joint = np.stack([theta[y == c].sum(0) / len(y) for c in np.unique(y)])
     predicted = theta @ (joint / joint.sum(0, keepdims=True)).T
@@ -131,13 +193,87 @@ def task(n, d, classes=3, seed=0):
 @pytest.mark.parametrize("n, d", [(60, 8), (20, 30)])
 @pytest.mark.parametrize("name, reference", [
     ("h_score", ref_h_score), ("shrinkage_h_score", ref_shrinkage_h_score), ("logme", ref_logme),
-    ("transrate", ref_transrate), ("sfda", ref_sfda),
+    ("transrate", ref_transrate), ("sfda", ref_sfda), ("gbc", ref_gbc),
 ])
 def test_feature_estimators_match_the_reference_formulas(name, reference, n, d):
     f, y = task(n, d)
     with jax.enable_x64(True):
         ours = tr.ESTIMATORS[name](jnp.asarray(f), jnp.asarray(y), num_classes=3)
     np.testing.assert_allclose(float(ours), reference(f, y), rtol=1e-7, atol=1e-9)
+
+
+def test_gbc_matches_the_reference_formula_where_the_variance_floor_binds():
+    """A floor above the smallest class variances changes the reference; ours must follow it."""
+    f, y = task(60, 8)
+    floor = float(np.median([ref_principal(f, 64)[y == c].var(0) for c in range(3)]))
+    assert abs(ref_gbc(f, y, min_variance=floor) - ref_gbc(f, y)) > 1e-3  # the floor matters here
+    with jax.enable_x64(True):
+        ours = tr.gbc(jnp.asarray(f), jnp.asarray(y), num_classes=3, min_variance=floor)
+        truncated = tr.gbc(jnp.asarray(f), jnp.asarray(y), num_classes=3, dims=3)
+    np.testing.assert_allclose(float(ours), ref_gbc(f, y, min_variance=floor), rtol=1e-9)
+    np.testing.assert_allclose(float(truncated), ref_gbc(f, y, dims=3), rtol=1e-9)
+
+
+def test_gbc_is_higher_for_separated_classes_than_for_overlapping_ones():
+    """Overlapping classes: every coefficient near 1, GBC near -C(C-1); separated: near 0."""
+    rng = np.random.default_rng(4)
+    y = np.arange(90) % 3
+    noise = rng.normal(size=(90, 6))
+    with jax.enable_x64(True):
+        overlapping = float(tr.gbc(jnp.asarray(noise), jnp.asarray(y), num_classes=3))
+        separated = float(tr.gbc(jnp.asarray(noise + 10.0 * np.eye(6)[y]), jnp.asarray(y), num_classes=3))
+    assert -6 < overlapping < -4, overlapping
+    assert -1e-3 < separated <= 0, separated
+
+
+def pactran_task():
+    """Imbalanced, overlapping classes (a bounded optimum the bias matters to)."""
+    rng = np.random.default_rng(5)
+    y = np.concatenate([np.zeros(40, int), np.ones(25, int), np.full(15, 2)])
+    return rng.normal(size=(80, 6)) + 0.7 * rng.normal(size=(3, 6))[y], y
+
+
+@pytest.mark.parametrize("curvature", ["summed", "mean"])
+def test_pactran_gaussian_matches_a_scipy_minimisation_of_the_same_objective(curvature):
+    f, y = pactran_task()
+    with jax.enable_x64(True):
+        ours = tr.pactran_gaussian(jnp.asarray(f), jnp.asarray(y), num_classes=3, curvature=curvature)
+    np.testing.assert_allclose(float(ours), ref_pactran_gaussian(f, y, curvature), rtol=1e-6)
+
+
+def test_pactran_gaussian_curvatures_differ_and_follow_dims_lam_and_s2():
+    f, y = pactran_task()
+    with jax.enable_x64(True):
+        f, y = jnp.asarray(f), jnp.asarray(y)
+        summed, mean = (float(tr.pactran_gaussian(f, y, num_classes=3, curvature=c)) for c in tr.CURVATURES)
+        varied = float(tr.pactran_gaussian(f, y, num_classes=3, dims=4, lam=0.5, s2_factor=100.0))
+    assert summed < mean - 0.1, (summed, mean)  # the summed curvature is N times larger: a larger penalty
+    np.testing.assert_allclose(varied, ref_pactran_gaussian(np.asarray(f), np.asarray(y), "summed", dims=4, lam=0.5,
+                                                            s2_factor=100.0), rtol=1e-6)
+
+
+def test_gbc_and_pactran_are_registered_and_score_candidates_like_single_calls():
+    f, y = task(60, 8)
+    candidates = np.stack([f, f * np.linspace(0.5, 2.0, 8), f + np.random.default_rng(6).normal(size=f.shape)])
+    for name, estimator in (("gbc", tr.gbc), ("pactran_gaussian", tr.pactran_gaussian)):
+        assert tr.ESTIMATORS[name] is estimator
+        batched = tr.score_candidates(estimator, candidates, y, num_classes=3)
+        with jax.enable_x64(True):
+            single = [float(estimator(jnp.asarray(c), jnp.asarray(y), num_classes=3)) for c in candidates]
+        np.testing.assert_allclose(batched, single, rtol=1e-9)
+
+
+@pytest.mark.parametrize("estimator, arguments, named", [
+    (tr.gbc, {"dims": 0}, "dims"), (tr.gbc, {"dims": -3}, "dims"), (tr.gbc, {"dims": 2.5}, "dims"),
+    (tr.gbc, {"min_variance": 0.0}, "min_variance"),
+    (tr.pactran_gaussian, {"dims": 0}, "dims"), (tr.pactran_gaussian, {"curvature": "median"}, "curvature"),
+    (tr.pactran_gaussian, {"lam": 0.0}, "lam"), (tr.pactran_gaussian, {"lam": -1.0}, "lam"),
+    (tr.pactran_gaussian, {"steps": 0}, "steps"), (tr.pactran_gaussian, {"tol": -1.0}, "tol"),
+])
+def test_gbc_and_pactran_name_bad_arguments(estimator, arguments, named):
+    f, y = task(30, 4)
+    with pytest.raises(ArgumentError, match=f"^{named}:"):
+        estimator(f, y, num_classes=3, **arguments)
 
 
 def test_source_head_estimators_match_the_reference_formulas():

@@ -3,7 +3,8 @@
 The estimators compared by Bai et al., "How to Determine the Most Powerful Pre-trained
 Language Model without Brute Force Fine-tuning? An Empirical Survey" (Findings of EMNLP
 2023). The survey's own code is not public; each formula follows the reference code named
-in its docstring (`thuml/LogME`, `tllib/ranking`, `TencentARC/SFDA`, `transformer-ranker`).
+in its docstring (`thuml/LogME`, `tllib/ranking`, `TencentARC/SFDA`, `transformer-ranker`,
+google-research `pactran_metrics` and `stable_transfer`).
 
 Every estimator is a pure JAX function of `features` [N, D] (LEEP and NCE take source-head
 probabilities [N, Cs] instead) and integer `labels` [N] in [0, num_classes); higher scores
@@ -107,6 +108,13 @@ def _pca(f: Array, dims: int) -> tuple[Array, Array]:
     """Centred projection on the top `dims` principal axes [N, dims] and every axis's variance ratio."""
     lam, u, _ = _spectrum(f - f.mean(0))
     return u[:, :dims] * jnp.sqrt(lam[:dims]), lam / jnp.sum(lam)
+
+
+def _principal(f: Array, dims: int) -> Array:
+    """Centred projection on the top min(dims, N, D) principal axes, for estimators with a `dims` argument."""
+    if not isinstance(dims, (int, np.integer)) or dims < 1:
+        raise ArgumentError(f"dims: expected a positive int (principal components kept), found {dims!r}")
+    return _pca(f, min(dims, *f.shape))[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,7 +311,7 @@ def parc(features: Array, labels: Array, *, num_classes: int, dims: int = 32, ma
             raise ArgumentError(f"key: needed to subsample {features.shape[0]} samples to max_samples={max_samples}")
         keep = jax.random.choice(key, features.shape[0], (max_samples,), replace=False)
         features, labels = features[keep], labels[keep]
-    z, _ = _pca(features, min(dims, *features.shape))
+    z = _principal(features, dims)
     z = (z - z.mean(0)) / jnp.where(z.std(0) > 0, z.std(0), 1.0)
     rows = jnp.triu_indices(z.shape[0], 1)
     feature_rdm = (1 - jnp.corrcoef(z))[rows]
@@ -322,6 +330,108 @@ def knn_accuracy(features: Array, labels: Array, *, num_classes: int, k: int = 3
     _, neighbours = jax.lax.top_k(-distances, k)
     votes = jax.nn.one_hot(labels[neighbours], num_classes).sum(1)
     return jnp.mean(jnp.argmax(votes, 1) == labels, dtype=features.dtype)
+
+
+@_estimator()
+def gbc(features: Array, labels: Array, *, num_classes: int, dims: int = 64, min_variance: float = 1e-4) -> Array:
+    """Gaussian Bhattacharyya Coefficient (Pandy et al., CVPR 2022): -sum_{i != j} exp(-D_B(c_i, c_j)).
+
+    Each class of the `dims` principal components is a diagonal Gaussian (class mean, biased
+    per-dimension variance floored at `min_variance`); with s = (s_i + s_j) / 2,
+    D_B = 1/8 sum (m_i - m_j)^2 / s + 1/2 sum log(s / sqrt(s_i s_j))
+    (google-research `stable_transfer/transferability/gbc.py`, its "diagonal" type as the spec
+    names; its configs default to "spherical" and reduce to PCA 64). Overlapping classes have a
+    coefficient near 1 and well-separated ones near 0, so higher = better.
+    """
+    if not min_variance > 0:
+        raise ArgumentError(f"min_variance: expected a positive variance floor, found {min_variance!r}")
+    z = _principal(features, dims)
+    means, counts = _class_means(z, labels, num_classes)
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=z.dtype)
+    variances = jnp.maximum(onehot.T @ (z - means[labels]) ** 2 / counts[:, None], min_variance)  # [C, D]
+    average = (variances[:, None] + variances[None]) / 2  # [C, C, D]
+    log_det = jnp.sum(jnp.log(variances), 1)
+    distance = (jnp.sum((means[:, None] - means[None]) ** 2 / average, -1) / 8
+                + 0.5 * (jnp.sum(jnp.log(average), -1) - 0.5 * (log_det[:, None] + log_det[None])))
+    return -jnp.sum(jnp.where(jnp.eye(num_classes, dtype=bool), 0.0, jnp.exp(-distance)))
+
+
+def _softmax_head(z: Array, onehot: Array, prior: float, steps: int, tol: float) -> tuple[tuple[Array, Array], Array]:
+    """The linear softmax head (w [D, C], b [C]) minimising mean CE + ||w||^2 / (2 prior), and that minimum.
+
+    Full-batch L-BFGS (`optax.lbfgs`, zoom line search) from zero until every gradient entry is at
+    most `tol` in magnitude, or after `steps` iterations (the PACTran reference runs scipy's
+    L-BFGS-B with maxiter=100, tol=1e-6 from a small random start; scipy also stops when the
+    relative decrease of the objective falls below tol, which this loop does not, so it may go on
+    to a lower minimum). The objective is convex, and strictly convex in w, so its minimum does not
+    depend on the start; zero makes it deterministic.
+    """
+
+    def objective(theta):
+        w, b = theta
+        return optax.softmax_cross_entropy(z @ w + b, onehot).mean() + jnp.sum(w**2) / (2 * prior)
+
+    optimizer = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
+    def step(carry):
+        theta, state = carry
+        value, grad = value_and_grad(theta, state=state)
+        updates, state = optimizer.update(grad, state, theta, value=value, grad=grad, value_fn=objective)
+        return optax.apply_updates(theta, updates), state
+
+    def running(carry):
+        _, state = carry
+        count = optax.tree_utils.tree_get(state, "count")
+        largest = optax.tree_utils.tree_max(jax.tree.map(jnp.abs, optax.tree_utils.tree_get(state, "grad")))
+        return (count == 0) | ((count < steps) & (largest > tol))
+
+    theta = (jnp.zeros((z.shape[1], onehot.shape[1]), z.dtype), jnp.zeros((onehot.shape[1],), z.dtype))
+    theta, _ = jax.lax.while_loop(running, step, (theta, optimizer.init(theta)))
+    return theta, objective(theta)
+
+
+CURVATURES = ("summed", "mean")
+
+
+@_estimator()
+def pactran_gaussian(features: Array, labels: Array, *, num_classes: int, dims: int = 64, lam: float = 1.0,
+                     s2_factor: float = 10.0, curvature: str = "summed", steps: int = 100, tol: float = 1e-6) -> Array:
+    """PACTran-Gaussian (Ding et al., ECCV 2022), NEGATED so that higher = better like every
+    estimator here (the paper's metric is a cost, lower = better).
+
+    On the `dims` principal components z (centred; D = their count), with N samples, C classes
+    and the prior scale lam N, a linear softmax head (w, b) minimises
+    L = mean CE + ||w||^2 / (2 lam N) (`_softmax_head`); then
+      cost = L* + 1/2 (D C / (lam N)) s2 log(sigma2_inv),  s2 = s2_factor / D,
+      sigma2_inv = tr(H) lam N / (D C) + 1e-10,
+    tr(H) the sum of the diagonal second derivatives at the optimum (google-research
+    `pactran_metrics/compute_metrics.py`, `calculate_pac_gauss`; PCA 64 as the port the spec
+    names). Readings where the spec is silent, all as that released code does: the head has an
+    unpenalised bias b, whose curvature entries count in tr(H); tr(H) is that of the whole
+    objective, i.e. it includes the prior's 1 / (lam N) per weight, so sigma2_inv >= 1;
+    `curvature="summed"` takes the cross-entropy part summed over samples,
+    sum_n (||z_n||^2 + 1) sum_c p_nc (1 - p_nc), as that code does although L averages them;
+    `curvature="mean"` divides it by N (the Hessian of L itself). `s2_factor` is the 10 of
+    s2 = 10 / D that the spec takes with lam = 1 (for lam = 1 the released code reports both
+    s2_factor 100 and 10; for lam = 10 and 0.1 it scales both by lam).
+    """
+    if curvature not in CURVATURES:
+        raise ArgumentError(f"curvature: expected one of {CURVATURES}, found {curvature!r}")
+    if not lam > 0:
+        raise ArgumentError(f"lam: expected a positive prior factor, found {lam!r}")
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ArgumentError(f"steps: expected a positive int (L-BFGS iterations), found {steps!r}")
+    if not tol >= 0:
+        raise ArgumentError(f"tol: expected a gradient tolerance >= 0, found {tol!r}")
+    z = _principal(features, dims)
+    n, d = z.shape
+    prior, params = lam * n, d * num_classes
+    (w, b), objective = _softmax_head(z, jax.nn.one_hot(labels, num_classes, dtype=z.dtype), prior, steps, tol)
+    p = jax.nn.softmax(z @ w + b, axis=-1)
+    cross_entropy = jnp.sum((jnp.sum(z**2, 1) + 1) * jnp.sum(p * (1 - p), 1)) / (n if curvature == "mean" else 1)
+    sigma2_inv = (cross_entropy + params / prior) * prior / params + 1e-10
+    return -(objective + 0.5 * params / prior * (s2_factor / d) * jnp.log(sigma2_inv))
 
 
 # ---------------------------------------------------------------------------------------
@@ -562,6 +672,6 @@ def weighted_tau(x: Array, y: Array) -> Array:
 ESTIMATORS: dict[str, Callable[..., Array]] = {
     "h_score": h_score, "shrinkage_h_score": shrinkage_h_score, "logme": logme, "transrate": transrate,
     "sfda": sfda, "parc": parc, "knn": knn_accuracy, "linear_probe": linear_probe, "nleep": nleep,
-    "leep": leep, "nce": nce,
+    "gbc": gbc, "pactran_gaussian": pactran_gaussian, "leep": leep, "nce": nce,
 }
 """Every estimator by name; `leep` and `nce` take source-head probabilities, the rest features."""

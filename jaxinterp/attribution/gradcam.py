@@ -3,8 +3,9 @@
 The smooth variant (LLaVA-CAM's "inspired by Smooth-CAM", spec A.7; Omeiza et al. 2019)
 repeats the map on `samples` copies of the image with Gaussian noise of std `noise_std` in
 [0, 1] pixel space (divided by the processor's per-channel std, since pixels arrive
-normalised), averages the maps and re-normalises by the max. The copies run as one `sweep`:
-one compiled, vmapped program, not a Python loop.
+normalised), averages the maps and re-normalises by the max. Each copy's noise is drawn once
+and added to every row of a batch, so a row's map is the one it gets alone. The copies run as
+one `sweep`: one compiled, vmapped program, not a Python loop.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def smoothed(request: Request, how: dict, samples: int, noise_std: float, seed: 
     if batch.pixels is None:
         raise ArgumentError("samples: smoothing adds noise to the image, but the inputs carry none")
     scale = pixel_noise_scale(request.model, batch.pixels.shape[2], noise_std)
-    noise = jax.random.normal(jax.random.key(seed), (samples, *batch.pixels.shape)) * scale
+    noise = jax.random.normal(jax.random.key(seed), (samples, 1, *batch.pixels.shape[1:])) * scale
     args = (request.model, batch, request.edits, request.target, request.deltas())
     values, maps = swept(noisy_maps, args, noise, options=tuple(how.items()), chunk_size=chunk_size)
     axes = (-2, -1) if request.region == "image" else (-1,)

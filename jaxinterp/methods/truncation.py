@@ -83,24 +83,26 @@ def keep_top(model: Any, inputs: Any, *, start: int, count: int, span: str = "im
     The top-`count` span tokens by the last prompt query's head-averaged attention at layer
     start - 1 (step 3; a start beyond the last layer, where nothing is truncated, reads the last
     layer), in the forward with the caller's `edits`; at start = 0 a random subset drawn with
-    `seed` (the code's rule). Ties: earlier token.
+    `seed` (the code's rule), one draw per span token in order shared by every row, so a row
+    keeps what it keeps alone. Ties: earlier token.
     """
     batch = model.batch(inputs)
     inside = np.asarray(require_tokens(check_segment(span), batch.segments))
     check_count(count, int(inside.sum(axis=1).min()), argument="count")
     if count == 0:
         return None
+    width = int(inside.sum(axis=1).max())
     if start == 0:
-        weights = jax.random.uniform(jax.random.key(seed), inside.shape)
+        draws = np.asarray(jax.random.uniform(jax.random.key(seed), (width,)))
+        scores = [draws[:n] for n in inside.sum(axis=1)]
     else:
         layer = min(start, model.config.num_layers) - 1
         probs = next(layer_patterns(model, batch, layers=[layer], edits=edits)).probs
-        weights = jnp.mean(probs, axis=1)[jnp.arange(inside.shape[0]), last_query(batch)]  # [B, S]
-    weights = np.asarray(weights)
-    keep = np.zeros((inside.shape[0], int(inside.sum(axis=1).max())), bool)
-    for row, columns in enumerate(inside):
-        order = np.argsort(-weights[row, columns], kind="stable")
-        keep[row, order[:count]] = True
+        weights = np.asarray(jnp.mean(probs, axis=1)[jnp.arange(inside.shape[0]), last_query(batch)])  # [B, S]
+        scores = [weights[row, columns] for row, columns in enumerate(inside)]
+    keep = np.zeros((inside.shape[0], width), bool)
+    for row, values in enumerate(scores):
+        keep[row, np.argsort(-values, kind="stable")[:count]] = True
     return jnp.asarray(keep)
 
 

@@ -84,7 +84,9 @@ def diffusion_cam(request: Request, *, modules: tuple[str, ...] = MODULES, basel
     batch = request.batch
     answer = (batch.segments == segment_id("answer")) | (batch.segments == segment_id("generated"))
     ratios = jax.vmap(repeat_ratio)(batch.tokens, answer & batch.mask)  # [B]
-    keys = jax.random.split(jax.random.key(seed), maps.shape[:3])
+    # one key per site and image, shared by every row: a row's map is the one it gets alone
+    keys = jax.random.split(jax.random.key(seed), (maps.shape[0], 1, maps.shape[2]))
+    keys = jnp.broadcast_to(keys, maps.shape[:3])
     refined = refine_all(maps, keys, ratios, modules=tuple(m for m in MODULES if m in modules),
                          baseline_threshold=baseline_threshold, step_ratio=step_ratio, dacg_blur=dacg_blur)
     return Attribution(values=base.values, image=refined)

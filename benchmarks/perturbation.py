@@ -2,14 +2,16 @@
 
     python -m benchmarks.perturbation [--permutations 4] [--exact]
 
-A 6-shot arithmetic prompt (79 tokens) cut into 10 features (each worked example, then the
-question's words), the log-probability of the answer " 19." as target, a baseline for removed
-features (ours: the pad token in place; Captum: a placeholder word, re-tokenised). Both sides
-score as many coalitions (Captum: `FeatureAblation` and
-`ShapleyValueSampling` with its default cached decode; ours: one compiled sweep, each distinct
-coalition once). Prints coalitions per second and the ratio; with `--exact`, also the error of
-permutation Shapley against exact Shapley (1,024 coalitions) at the permutation counts each
-side affords in the same wall time.
+A 6-shot arithmetic prompt (325 tokens: an unperturbed instruction, six worked word problems,
+the question) cut into 10 features (each worked example, then the question's sentences), the
+log-probability of the answer " 19." as target, a baseline for removed features (ours: the pad
+token in place; Captum: a placeholder word, re-tokenised). Both sides score the same coalitions
+(Captum: `FeatureAblation` and `ShapleyValueSampling` with its default cached decode; ours: one
+compiled sweep per prefix bucket, each distinct coalition once, each continuing the cached prompt
+from its first removed feature). Prints coalitions per second, the ratio, the share of token slots
+served from the cached prompt, and ours with a single prefix bucket (only the instruction shared);
+with `--exact`, also the error of permutation Shapley against exact Shapley (1,024 coalitions) at
+the permutation counts each side affords in the same wall time.
 """
 
 from __future__ import annotations
@@ -22,13 +24,19 @@ import numpy as np
 import jaxinterp
 from jaxinterp.attribution.feature_attribution import feature_attribution
 
-SHOTS = ["12 + 7 = 19.", "5 + 30 = 35.", "8 + 8 = 16.", "41 + 2 = 43.", "9 + 14 = 23.", "6 + 27 = 33."]
-QUESTION = ["What", "is", "15", "+ 4?"]
+INSTRUCTION = ("You are a careful assistant who solves short word problems about everyday sums. Read each "
+               "worked example, notice how the two amounts are added, and then answer the last question in the "
+               "same way, writing the sum and the result as a number followed by a full stop.")
+SHOTS = [f"Example: {who} has {a} {what} and gets {b} more. How many {what} are there now? "
+         f"Working: {a} + {b} = {a + b}. Answer: {a + b}."
+         for who, a, b, what in [("Ann", 12, 7, "apples"), ("Ben", 5, 30, "marbles"), ("Cleo", 8, 8, "stamps"),
+                                 ("Dev", 41, 2, "shells"), ("Eva", 9, 14, "pencils"), ("Finn", 6, 27, "cards")]]
+QUESTION = ["Question: Gus has 15 coins and gets 4 more.", "How many coins are there now?",
+            "Working: 15 + 4 =", "Answer:"]
 
 
 def prompt_and_features() -> tuple[str, list[str]]:
-    text = "Solve each sum. " + " ".join(SHOTS) + " " + " ".join(QUESTION)
-    return text, SHOTS + QUESTION
+    return INSTRUCTION + " " + " ".join(SHOTS + QUESTION), SHOTS + QUESTION
 
 
 def captum_rate(reference, tokenizer, prompt: str, features: list[str], answer: str, method: str,
@@ -37,7 +45,7 @@ def captum_rate(reference, tokenizer, prompt: str, features: list[str], answer: 
     import torch
     from captum.attr import FeatureAblation, LLMAttribution, ShapleyValueSampling, TextTemplateInput
 
-    template = "Solve each sum. " + " ".join("{}" for _ in features)
+    template = INSTRUCTION + " " + " ".join("{}" for _ in features)
     inputs = TextTemplateInput(template, values=features, baselines=[tokenizer.unk_token or "_"] * len(features))
     algorithm = FeatureAblation if method == "ablation" else ShapleyValueSampling
     explainer = LLMAttribution(algorithm(reference), tokenizer)
@@ -67,19 +75,24 @@ def main() -> None:
         kwargs = dict(features=features, method=method, removal="baseline", progress=False)
         if method == "shapley":
             kwargs.update(samples=args.permutations)
-        feature_attribution(model, prompt, answer, **kwargs)  # compile
-        start = time.perf_counter()
-        ours = feature_attribution(model, prompt, answer, **kwargs)
-        ours_rate = ours.evaluations / (time.perf_counter() - start)
+        timed = {}
+        for buckets in (1, 4):
+            feature_attribution(model, prompt, answer, prefix_buckets=buckets, **kwargs)  # compile
+            start = time.perf_counter()
+            ours = feature_attribution(model, prompt, answer, prefix_buckets=buckets, **kwargs)
+            timed[buckets] = (ours.evaluations / (time.perf_counter() - start), ours.prefix_share)
         theirs_rate, theirs_count = captum_rate(reference, model.tokenizer, prompt, features, answer.strip(), method,
                                                 args.permutations)
-        rows.append((method, ours.evaluations, ours_rate, theirs_count, theirs_rate))
-    print(f"{'method':10s} {'ours: coalitions':>17s} {'per s':>7s} {'Captum: coalitions':>19s} {'per s':>7s} {'ratio':>6s}")
-    for method, n_ours, r_ours, n_theirs, r_theirs in rows:
-        print(f"{method:10s} {n_ours:17d} {r_ours:7.2f} {n_theirs:19d} {r_theirs:7.2f} {r_ours / r_theirs:5.2f}x")
+        rows.append((method, ours.evaluations, timed, theirs_count, theirs_rate))
+    print(f"{'method':10s} {'ours: coalitions':>17s} {'per s':>7s} {'cached':>7s} {'1 bucket':>9s} {'cached':>7s} "
+          f"{'Captum: coalitions':>19s} {'per s':>7s} {'ratio':>6s}")
+    for method, n_ours, timed, n_theirs, r_theirs in rows:
+        (r_one, share_one), (r_ours, share) = timed[1], timed[4]
+        print(f"{method:10s} {n_ours:17d} {r_ours:7.2f} {share:7.1%} {r_one:9.2f} {share_one:7.1%} "
+              f"{n_theirs:19d} {r_theirs:7.2f} {r_ours / r_theirs:5.2f}x")
     if args.exact:
         exact = feature_attribution(model, prompt, answer, features=features, method="exact", progress=False).values
-        ratio = rows[1][2] / rows[1][4]
+        ratio = rows[1][2][4][0] / rows[1][4]
         for label, count in (("Captum's budget", args.permutations), ("ours, same time", int(args.permutations * ratio))):
             sampled = feature_attribution(model, prompt, answer, features=features, method="shapley",
                                           samples=max(count, 2), progress=False).values

@@ -82,6 +82,27 @@ def test_figure_is_a_token_strip(tmp_path):
     assert (tmp_path / "strip.png").stat().st_size > 1000
 
 
+def test_html_report_lists_every_feature_with_its_value(tmp_path):
+    """The report holds one row per feature with its value and standard error, the prompt's tokens
+    escaped in the strip, and the content security policy of every report."""
+    from jaxinterp.viz import feature_report
+
+    model = _model()
+    sampled = feature_attribution(model, PROMPT, ANSWER, method="shapley", samples=4, progress=False)
+    exact = feature_attribution(model, PROMPT, ANSWER, method="exact", progress=False)
+    for result in (sampled, exact):
+        page = open(feature_report(tmp_path / "features.html", result, model,
+                                   notes={"<question>": "a & b"})).read()
+        rows = page.split("<th>standard error</th></tr>")[1].split("</table>")[0].split("<tr>")[1:]
+        assert len(rows) == len(result.features)
+        for row, word, value, err in zip(rows, result.features, result.values, result.stderr):
+            assert f"<td>{word}</td><td>{value:+.4g}</td>" in row
+            assert ("exact" if np.isnan(err) else f"{err:.3g}") in row
+        assert "&lt;question&gt;" in page and "a &amp; b" in page and "Content-Security-Policy" in page
+        assert page.count('class="tok') == len(result.prompt_tokens)
+    assert not np.isnan(sampled.stderr).any() and np.isnan(exact.stderr).all()
+
+
 def test_chat_perturbs_only_the_user_text():
     model = _model()
     result = feature_attribution(model, PROMPT, ANSWER, chat=True, method="ablation", progress=False)
@@ -106,6 +127,7 @@ def test_function_target_and_greedy_target():
     (dict(features="sentences"), "features: expected 'tokens', 'words'"),
     (dict(baseline=10_000), "baseline: expected a token id"),
     (dict(samples=1), "samples: expected an integer >= 2"),
+    (dict(prefix_buckets=0), "prefix_buckets: expected an integer >= 1"),
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ArgumentError, match=message):
@@ -157,11 +179,31 @@ def test_captum_llm_attribution_agrees(method):
 
 
 @pytest.mark.parametrize("removal", ["baseline", "delete"])
-def test_shared_prefix_equals_full_recompute(removal):
-    """With chat=True the template's leading tokens run once into a KV cache; values equal recomputing all."""
-    kwargs = dict(features=["sat on", "mat"], chat=True, method="exact", removal=removal, progress=False)
-    shared = feature_attribution(_model(), PROMPT, ANSWER, **kwargs)
+@pytest.mark.parametrize("buckets", [1, 2, 4])
+def test_shared_prefix_equals_full_recompute(removal, buckets):
+    """With chat=True the template's leading tokens run once into a KV cache, and each coalition continues
+    the cached prompt from its bucket's start (its first removed feature or before); values equal
+    recomputing every coalition whole, and more buckets serve more slots from the cache."""
+    kwargs = dict(features=["cat", "sat on", "a", "mat"], chat=True, method="exact", removal=removal, progress=False)
+    shared = feature_attribution(_model(), PROMPT, ANSWER, prefix_buckets=buckets, **kwargs)
     full = feature_attribution(_model(), PROMPT, ANSWER, share_prefix=False, **kwargs)
-    assert shared.shared_prefix > 2 and full.shared_prefix == 0
+    assert shared.shared_prefix > 2 and full.shared_prefix == 0 and full.prefix_share == 0
     np.testing.assert_allclose(shared.values, full.values, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose([shared.full, shared.empty], [full.full, full.empty], rtol=1e-5, atol=1e-5)
+    # 16 coalitions of a prompt of L slots: one bucket serves exactly the template's tokens of each
+    length = len(shared.prompt_tokens) + len(shared.answer_tokens)
+    only_template = shared.shared_prefix / length
+    assert shared.prefix_share == pytest.approx(only_template) if buckets == 1 else shared.prefix_share > only_template
+
+
+@pytest.mark.parametrize("features, removal, leading", [("tokens", "baseline", 0),
+                                                          (["cat", "sat", "on", "a", "mat"], "delete", 1)])
+def test_prefix_trie_without_a_leading_template(features, removal, leading):
+    """No template (no BOS in this tokenizer). Features from the first token on: the first bucket has
+    no cache to read and runs whole, the later ones continue the cached prompt. Deleting every
+    feature after a bucket's start makes the cached logits of the slot before it predict the answer."""
+    kwargs = dict(features=features, removal=removal, method="exact", progress=False)
+    shared = feature_attribution(_model(), PROMPT, ANSWER, prefix_buckets=3, **kwargs)
+    full = feature_attribution(_model(), PROMPT, ANSWER, share_prefix=False, **kwargs)
+    assert shared.shared_prefix == leading and shared.prefix_share > 0
+    np.testing.assert_allclose(shared.values, full.values, rtol=1e-5, atol=1e-5)

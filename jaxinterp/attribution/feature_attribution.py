@@ -16,12 +16,17 @@ last prompt position.
 
 Every coalition has the same token shape, so all of them are scored by one compiled program:
 `sweep` vmaps the perturbed forward over coalition masks in chunks fitted to `memory_budget`,
-and each distinct coalition is scored once (`shapley.Memo`); the tokens before the first feature
-(a system prompt, a chat template, unperturbed leading text) run once into a KV cache that every
-coalition continues. Estimators are those of
+and each distinct coalition is scored once (`shapley.Memo`). Shared prefixes are computed once:
+a coalition's tokens before its first removed feature are the unperturbed prompt's, so the prompt
+runs once into a KV cache and each coalition recomputes only the slots from its first removed
+feature on (a prefix trie of depth one, since every coalition's kept leading run is a prefix of
+the same prompt). The possible starts are bucketed to at most `prefix_buckets` lengths (one
+compiled program each; a coalition continues from the longest bucket at or before its first
+removed feature), and each bucket's coalitions are padded to a power of two, so the number of
+programs stays bounded however many coalitions an estimator asks for. Estimators are those of
 `methods/shapley.py`; occlusion (`ablation`) gives v(all) - v(all without i), as Captum's
 `FeatureAblation`; `shapley` samples permutations (pass `orders` to fix them, e.g. the ones
-Captum's `ShapleyValueSampling` draws). Not implemented: a prefix trie (coalitions that also share their leading features).
+Captum's `ShapleyValueSampling` draws).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class FeatureAttribution:
       method, removal: how the values were computed; evaluations: distinct coalitions scored.
       prompt_tokens: the token ids of the (rendered) prompt; answer_tokens: the answer's ids.
       shared_prefix: leading prompt tokens computed once for every coalition (see `share_prefix`).
+      prefix_share: share of the scored coalitions' token slots served from the cached prompt
+        instead of recomputed (0 without `share_prefix`).
     """
 
     features: tuple[str, ...]
@@ -74,6 +81,7 @@ class FeatureAttribution:
     prompt_tokens: tuple[int, ...]
     answer_tokens: tuple[int, ...]
     shared_prefix: int = 0
+    prefix_share: float = 0.0
 
     def token_values(self) -> np.ndarray:
         """[prompt length] each feature's value spread evenly over its tokens (0 outside features)."""
@@ -108,6 +116,7 @@ def feature_attribution(
     seed: int = 0,
     max_new_tokens: int = 16,
     share_prefix: bool = True,
+    prefix_buckets: int = 4,
     memory_budget: int | str = DEFAULT_BUDGET,
     progress: bool = True,
 ) -> FeatureAttribution:
@@ -127,8 +136,10 @@ def feature_attribution(
       orders: explicit [P, n] permutations for `shapley` (overrides `samples` and `seed`).
       antithetic: pair each `shapley` permutation with its reverse.
       seed: seed of the sampled methods.
-      share_prefix: run the tokens before the first feature once into a KV cache that every
-        coalition continues (False: every coalition recomputes the whole prompt; same values).
+      share_prefix: run the prompt once into a KV cache that every coalition continues from
+        its first removed feature (False: every coalition recomputes the whole prompt; same values).
+      prefix_buckets: at most this many prefix lengths, one compiled program each (1: only the
+        tokens before the first feature are shared).
       memory_budget: bytes (or "2GB") for one chunk of coalitions (see `sweep`).
     """
     if method not in METHODS:
@@ -139,6 +150,8 @@ def feature_attribution(
         raise ArgumentError("prompt: expected a non-empty string")
     if not isinstance(samples, int) or samples < 2:
         raise ArgumentError(f"samples: expected an integer >= 2, found {samples!r}")
+    if not isinstance(prefix_buckets, int) or isinstance(prefix_buckets, bool) or prefix_buckets < 1:
+        raise ArgumentError(f"prefix_buckets: expected an integer >= 1, found {prefix_buckets!r}")
     ids, names, members = _features(model, prompt, features, chat)
     answer, score = _target(model, ids, target, max_new_tokens)
     feature_of = np.full(len(ids) + len(answer), -1, np.int32)
@@ -151,13 +164,9 @@ def feature_attribution(
     if removal == "delete" and method != "ablation" and np.all(feature_of[:len(ids)] >= 0):
         raise ArgumentError("removal: 'delete' leaves the empty coalition without any token; use removal='baseline' "
                             "or a prompt with tokens outside the features (a BOS token, a chat template)")
-    prefix = min(min(tokens) for tokens in members) if share_prefix else 0
-    value_fn = _value_function(model, base, feature_of, score, removal, fill, prefix)
-
-    def value(masks: np.ndarray) -> np.ndarray:
-        return np.asarray(sweep(value_fn, base, jnp.asarray(masks), memory_budget=memory_budget, progress=progress),
-                          np.float64)
-
+    firsts = np.array([min(tokens) for tokens in members])
+    value = _PrefixTrie(model, base, feature_of, score, removal, fill, firsts,
+                        _bucket_starts(firsts, prefix_buckets) if share_prefix else (0,), memory_budget, progress)
     memo = shapley.Memo(value)
     n = len(members)
     values, stderr = _estimate(memo, n, method, samples, orders, antithetic, seed)
@@ -167,7 +176,7 @@ def feature_attribution(
         features=tuple(names), tokens=tuple(members), values=np.asarray(values, np.float64),
         stderr=np.asarray(stderr, np.float64), full=float(ends[0]), empty=float(ends[1]), method=method,
         removal=removal, evaluations=memo.evaluations, prompt_tokens=tuple(ids), answer_tokens=tuple(answer),
-        shared_prefix=prefix,
+        shared_prefix=value.starts[0], prefix_share=value.share,
     )
 
 
@@ -238,18 +247,60 @@ def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
     return list(answer), log_probability
 
 
-def _value_function(model: Any, base: Batch, feature_of: np.ndarray, score: Callable, removal: str,
-                    fill: int, prefix: int) -> Callable[[Batch, Array], Array]:
+def _bucket_starts(firsts: np.ndarray, buckets: int) -> tuple[int, ...]:
+    """At most `buckets` prefix lengths among the features' first tokens, spread evenly over them
+    in feature order, always including the first feature's start (shared by every coalition)."""
+    starts = np.sort(np.unique(firsts))
+    picks = np.unique(np.linspace(0, len(starts) - 1, min(buckets, len(starts))).round().astype(int))
+    return tuple(int(starts[i]) for i in picks)
+
+
+class _PrefixTrie:
+    """The value function over coalition masks [N, n] -> [N], continuing each coalition from the
+    cached unperturbed prompt at its bucket's start (module docstring)."""
+
+    def __init__(self, model: Any, base: Batch, feature_of: np.ndarray, score: Callable, removal: str, fill: int,
+                 firsts: np.ndarray, starts: tuple[int, ...], memory_budget: int | str, progress: bool):
+        self.base, self.firsts, self.starts = base, firsts, starts
+        self.memory_budget, self.progress = memory_budget, progress
+        length = feature_of.shape[0]
+        prompt = model.run(base, cache=model.empty_cache(1, length)) if starts[-1] else None
+        self.programs = [_coalition_value(model, feature_of, score, removal, fill, start, prompt) for start in starts]
+        self.served = self.slots = 0
+
+    @property
+    def share(self) -> float:
+        return self.served / self.slots if self.slots else 0.0
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks, bool)
+        removed_at = np.where(~masks, self.firsts[None], np.iinfo(np.int32).max).min(axis=1)
+        bucket = np.searchsorted(np.asarray(self.starts), removed_at, side="right") - 1
+        out = np.empty(len(masks), np.float64)
+        for k, (start, program) in enumerate(zip(self.starts, self.programs)):
+            rows = np.flatnonzero(bucket == k)
+            if not rows.size:
+                continue
+            padded = np.concatenate([rows, np.repeat(rows[-1:], (1 << int(rows.size - 1).bit_length()) - rows.size)])
+            scored = sweep(program, self.base, jnp.asarray(masks[padded]), memory_budget=self.memory_budget,
+                           progress=self.progress)
+            out[rows] = np.asarray(scored, np.float64)[:rows.size]
+            self.served += start * rows.size
+        self.slots += len(masks) * self.base.tokens.shape[1]
+        return out
+
+
+def _coalition_value(model: Any, feature_of: np.ndarray, score: Callable, removal: str, fill: int, prefix: int,
+                     prompt: Any) -> Callable[[Batch, Array], Array]:
     """fn(batch, coalition [n] bool) -> the target's score of the perturbed prompt (traceable).
 
-    The first `prefix` slots hold no feature, so they are the same in every coalition: they run
-    once into a KV cache, and each coalition runs only the slots after them on that cache.
+    The first `prefix` slots are the unperturbed prompt's in every coalition this serves: they are
+    read from `prompt`'s KV cache (a run of the whole unperturbed prompt; slots from `prefix` on are
+    overwritten by the coalition's own), and only the slots after them are run.
     """
     slots = jnp.arange(feature_of.shape[0])
-    last_logits = None
     if prefix:
-        shared = model.run(jax.tree.map(lambda x: x[:, :prefix], base), cache=model.empty_cache(1, len(feature_of)))
-        cache, last_logits = shared.cache, shared.logits[:, -1:]
+        cache, last_logits = prompt.cache.replace(length=jnp.int32(prefix)), prompt.logits[:, prefix - 1:prefix]
     feature_of = jnp.asarray(feature_of)
 
     def value(batch: Batch, coalition: Array) -> Array:

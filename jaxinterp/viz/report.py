@@ -2,9 +2,11 @@
 
 One file: inline CSS, figures as base64 PNGs, no scripts and no remote resources; every token
 string and label HTML-escaped; written atomically (a temporary file in the same folder,
-then renamed), so a reader never sees half a report. It holds a summary table, each image
-with the chosen site's map drawn over it, the per-site grid when several sites were mapped,
-and the text as a token heat strip (image placeholders folded into one chip).
+then renamed), so a reader never sees half a report. A map attribution's report holds a
+summary table, each image with the chosen site's map drawn over it, the per-site grid when
+several sites were mapped, and the text as a token heat strip (image placeholders folded into
+one chip); a perturbation attribution's holds the summary, the prompt as a strip coloured by
+each feature's value, and the table of features with their values and standard errors.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def strip_html(texts: Sequence[str], scores: np.ndarray, *, targets: Sequence[in
     low, high = norm.vmin, norm.vmax
     gradient = ", ".join(to_hex(colours(x)) for x in np.linspace(0, 1, 9))
     legend = (f'<p class="note">{low:.3g} <span class="bar" style="background:linear-gradient(to right, {gradient})">'
-              f'</span> {high:.3g} &nbsp; (boxed: the explained tokens)</p>')
+              f'</span> {high:.3g}{" &nbsp; (boxed: the explained tokens)" if len(targets) else ""}</p>')
     return f'<div class="strip">{"".join(spans)}</div>{legend}'
 
 
@@ -156,6 +158,37 @@ def attribution_report(path: str | os.PathLike, attribution, model, *, row: int 
                                                image=None if image_id is None else ids == image_id)]
     body.append('<p class="note">Written by jaxinterp. Maps are shown as computed (colour bars give their '
                 'scale); image maps are drawn over the image with bilinear smoothing.</p>')
+    return _write_document(path, title, body)
+
+
+def feature_report(path: str | os.PathLike, result, model, *, title: str | None = None,
+                   notes: Mapping[str, Any] | None = None) -> str:
+    """Writes the HTML report of a `FeatureAttribution` (its prompt as a strip coloured by each
+    feature's value spread over its tokens, and a table of the features) and returns its path."""
+    tokenizer = model.tokenizer
+    answer = tokenizer.decode(list(result.answer_tokens)) if result.answer_tokens and tokenizer is not None \
+        else "the target"
+    title = title or f"{result.method} attribution of {answer!r}"
+    summary = {"model": getattr(model, "source", "") or model.config.family, "method": result.method,
+               "removal": result.removal, "target": f"log p({answer!r})", "all features kept": f"{result.full:.4g}",
+               "all removed": f"{result.empty:.4g}", "coalitions scored": result.evaluations,
+               "token slots served from the cached prompt": f"{result.prefix_share:.1%}", **(notes or {})}
+    rows = "".join(f"<tr><td>{html.escape(text)}</td><td>{value:+.4g}</td><td>{_stderr(err)}</td></tr>"
+                   for text, value, err in zip(result.features, result.values, result.stderr))
+    body = [f"<h1>{html.escape(title)}</h1>", _table(summary), "<h2>Prompt</h2>",
+            strip_html(token_texts(tokenizer, result.prompt_tokens), result.token_values()),
+            "<h2>Features</h2>", f"<table><tr><th>feature</th><th>value</th><th>standard error</th></tr>{rows}</table>",
+            '<p class="note">Written by jaxinterp. A feature\'s value is spread evenly over its tokens in the '
+            'strip; tokens outside every feature show 0.</p>']
+    return _write_document(path, title, body)
+
+
+def _stderr(value: float) -> str:
+    return "exact" if np.isnan(value) else f"{value:.3g}"
+
+
+def _write_document(path: str | os.PathLike, title: str, body: Sequence[str]) -> str:
+    """The report's HTML page (inline CSS, the content security policy) written atomically to `path`."""
     document = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                 f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">'
                 f"<title>{html.escape(title)}</title>"

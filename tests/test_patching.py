@@ -1,5 +1,5 @@
 """Activation-writing edits and patching: grids against explicit per-cell loops, attribution against the
-hand-derived first-order term, figures and errors."""
+hand-derived first-order term, AtP*'s QK fix against the pattern recomputed by hand, figures and errors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 import jaxinterp as ji
 from jaxinterp import patching
 from jaxinterp.edits import Patch, PatchLayer
+from jaxinterp.models import make_batch
+from jaxinterp.models.masks import MASKED
 from tests.attention_fixtures import tiny_decoder
 
 CLEAN = np.array([[3, 9, 14, 21, 5, 11, 7]], np.int32)
@@ -24,6 +26,14 @@ METRIC = patching.logit_diff(5, 7)
 @pytest.fixture(scope="module")
 def model():
     return tiny_decoder(layers=2)
+
+
+@pytest.fixture(scope="module")
+def saturated(model):
+    """The tiny decoder with its queries 16 times larger: most attention rows put almost all mass on one key."""
+    params = {name: {**block, "q_proj": {"kernel": 16.0 * block["q_proj"]["kernel"]}} if name.startswith("blocks")
+              else block for name, block in model.params.items()}
+    return ji.Model(model.config, params)
 
 
 def cell_loop(model, site, grid, *, source, target):
@@ -89,7 +99,8 @@ def test_patch_layer_equals_patch(model):
                                       np.asarray(one))
 
 
-@pytest.mark.parametrize("site, per_position", [(s, None) for s in patching.SITES] + [("attn.head_out", True)])
+@pytest.mark.parametrize("site, per_position", [(s, None) for s in patching.SITES] + [("attn.head_out", True),
+                                                                                      ("attn.k", True)])
 def test_grid_equals_cell_loop(model, site, per_position):
     result = patching.activation_patching(model, CLEAN, CORRUPTED, METRIC, site=site, per_position=per_position,
                                           chunk_size=5)
@@ -107,12 +118,14 @@ def test_noising_grid_equals_cell_loop(model):
     np.testing.assert_allclose(result.values[:, 0], result.clean, atol=1e-6)  # position 0 is the same in both runs
 
 
-@pytest.mark.parametrize("site", ["resid_pre", "attn.head_out"])
-def test_attribution_is_the_first_order_term(model, site):
+@pytest.mark.parametrize("site, per_position, cells", [
+    ("resid_pre", None, [(0, 2), (1, 3), (1, 1)]), ("attn.head_out", None, [(0, 2), (1, 3), (1, 1)]),
+    ("attn.q", True, [(0, 2, 3), (1, 4, 1)]), ("attn.k", None, [(0, 1), (1, 0)]), ("attn.k", True, [(0, 2, 1), (1, 5, 0)])])
+def test_attribution_is_the_first_order_term(model, site, per_position, cells):
     """d/dalpha metric(x + alpha (clean - x) at the cell) at alpha = 0, through the interpolating edit."""
-    result = patching.attribution_patching(model, CLEAN, CORRUPTED, METRIC, site=site)
+    result = patching.attribution_patching(model, CLEAN, CORRUPTED, METRIC, site=site, per_position=per_position)
     captured = model.run(CLEAN, capture=[f"blocks.*.{site}"])
-    for index in [(0, 2), (1, 3), (1, 1)]:
+    for index in cells:
         cell = dict(zip(result.axes, index))
         name = f"blocks.{cell['layer']}.{site}"
 
@@ -122,6 +135,82 @@ def test_attribution_is_the_first_order_term(model, site):
 
         first_order = float(jax.grad(patched)(jnp.float32(0.0)))
         assert result.values[index] - result.corrupted == pytest.approx(first_order, abs=1e-5)
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def qk_fixed_by_hand(model, site, layer, position, head, *, source, target):
+    """AtP*'s estimate of one cell: the target's layer-`layer` scores with the cell's row (query) or column
+    (key, for every head of that kv head) recomputed from the source's q or k, softmax, contracted with
+    d metric / d attn.probs; summed over the real tokens at `position` in every row."""
+    prefix = f"blocks.{layer}.attn"
+    names = [f"{prefix}.q", f"{prefix}.k", f"{prefix}.scores"]
+    src, tgt = model.run(source, capture=names), model.run(target, capture=names)
+    _, grads = model.grad(METRIC, target, wrt=[f"{prefix}.probs"])
+    grad = np.asarray(grads[f"{prefix}.probs"], np.float64)
+    q_target, k_target, q_source, k_source = (np.asarray(run[f"{prefix}.{n}"], np.float64)
+                                              for run in (tgt, src) for n in "qk")
+    scores = np.asarray(tgt[f"{prefix}.scores"], np.float64)  # [B, H, T, S]
+    masked = scores == MASKED
+    scale, group = 8 ** -0.5, q_target.shape[2] // k_target.shape[2]  # head_dim 8; 4 heads over 2 kv heads
+    batch = model.batch(target)
+    total = 0.0
+    for row, slot in zip(*np.nonzero((np.asarray(batch.positions) == position) & np.asarray(batch.mask))):
+        patched = scores[row].copy()
+        if site == "attn.k":
+            heads = list(range(head * group, (head + 1) * group))
+            for h in heads:
+                patched[h, :, slot] = q_target[row, :, h] @ k_source[row, slot, head] * scale
+        else:
+            heads = [head]
+            patched[head, slot, :] = k_target[row, :, head // group] @ q_source[row, slot, head] * scale
+        patched = np.where(masked[row], MASKED, patched)
+        total += np.sum((softmax(patched) - softmax(scores[row]))[heads] * grad[row, heads])
+    return total
+
+
+# two rows, the second right-padded by two tokens; both corrupted at position 2
+PADDED_CLEAN = make_batch(np.array([[3, 9, 14, 21, 5, 11, 7], [4, 8, 15, 16, 23, 0, 0]], np.int32),
+                          np.array([[1] * 7, [1] * 5 + [0] * 2], bool))
+PADDED_CORRUPTED = make_batch(np.array([[3, 9, 40, 21, 5, 11, 7], [4, 8, 33, 16, 23, 0, 0]], np.int32),
+                              PADDED_CLEAN.mask)
+
+
+@pytest.mark.parametrize("site, cells", [("attn.q", [(0, 2, 1), (1, 4, 3), (1, 6, 0), (1, 3, 2)]),
+                                         ("attn.k", [(0, 2, 1), (1, 2, 0), (1, 4, 1), (0, 6, 0)])])
+def test_qk_fix_equals_the_pattern_recomputed_by_hand(saturated, site, cells):
+    result = patching.attribution_patching(saturated, PADDED_CLEAN, PADDED_CORRUPTED, METRIC, site=site,
+                                           per_position=True, qk_fix=True)
+    assert result.axes == ("layer", "position", "head") and result.values.shape[2] == {"attn.q": 4, "attn.k": 2}[site]
+    assert "QK fix" in result.method
+    for layer, position, head in cells:
+        expected = qk_fixed_by_hand(saturated, site, layer, position, head, source=PADDED_CLEAN, target=PADDED_CORRUPTED)
+        assert result.values[layer, position, head] - result.corrupted == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("site", ["attn.q", "attn.k"])
+def test_qk_fix_is_zero_where_the_patch_changes_nothing(saturated, site):
+    """Positions 0 and 1 hold the same tokens in both runs (causal: the same q and k there)."""
+    result = patching.attribution_patching(saturated, CLEAN, CORRUPTED, METRIC, site=site, per_position=True, qk_fix=True)
+    np.testing.assert_allclose(result.values[:, :2] - result.corrupted, 0.0, atol=1e-6)
+    assert np.abs(result.values[:, 2:] - result.corrupted).max() > 1e-3
+
+
+@pytest.mark.parametrize("site", ["attn.q", "attn.k"])
+def test_qk_fix_is_closer_to_the_exact_grid_when_attention_saturates(saturated, site):
+    """Last layer (what follows the pattern is nearly linear there): the QK fix tracks the exact grid where the
+    gradient through the saturated softmax does not; a layer x head cell patches every position at once."""
+    for per_position in (True, None):
+        exact = patching.activation_patching(saturated, CLEAN, CORRUPTED, METRIC, site=site, per_position=per_position)
+        plain, fixed = (patching.attribution_patching(saturated, CLEAN, CORRUPTED, METRIC, site=site,
+                                                      per_position=per_position, qk_fix=fix).values for fix in (False, True))
+        plain_error, fixed_error = (np.abs(estimate[1] - exact.values[1]).max() for estimate in (plain, fixed))
+        assert fixed_error < plain_error / 2
+        if per_position:
+            assert np.corrcoef(fixed[1].ravel(), exact.values[1].ravel())[0, 1] > 0.95
 
 
 def test_result_json_and_figures(model, tmp_path):
@@ -144,6 +233,9 @@ def test_errors_name_the_argument(model):
         patching.activation_patching(model, CLEAN, CORRUPTED, METRIC, site="attn.probs")
     with pytest.raises(ji.ArgumentError, match=r"value at site 'blocks.0.resid_pre'.*found \(3,\)"):
         model(CORRUPTED, edits=Patch("blocks.0.resid_pre", jnp.zeros(3)))
+    with pytest.raises(ji.ArgumentError, match=r"qk_fix, site: qk_fix=True expects site one of \('attn.q', 'attn.k'\), "
+                                               r"found site='attn.head_out'"):
+        patching.attribution_patching(model, CLEAN, CORRUPTED, METRIC, site="attn.head_out", qk_fix=True)
     with pytest.raises(ji.ArgumentError, match="answer: expected a token id"):
         patching.logit_diff(1.5, 2)
 

@@ -32,7 +32,8 @@ def activation_patching(
       clean, corrupted: inputs of one shape (text, token ids or batches), differing in a few tokens.
       metric: `fn(run) -> scalar`, e.g. `patching.logit_diff(answer, wrong)`.
       site: one of `grid.SITES`.
-      per_position: for `attn.head_out`, a layer x position x head grid instead of layer x head.
+      per_position: for a site with heads (`attn.head_out`, `attn.q`, `attn.k`), a layer x position x
+        head grid instead of layer x head.
       noising: write corrupted activations into the clean run instead.
       chunk_size, memory_budget, progress: passed to `sweep`.
     """

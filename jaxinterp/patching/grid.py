@@ -2,8 +2,9 @@
 
 Shared by activation and attribution patching so that both return the same axes. A grid
 over a residual-width site (`resid_pre`, `resid_mid`, `resid_post`, `attn.out`, `mlp.out`)
-is layer x position; over `attn.head_out` it is layer x head (every position at once) or,
-`per_position`, layer x position x head. Positions are absolute token positions.
+is layer x position; over a site with a head axis (`attn.head_out`, `attn.q`, and `attn.k`, whose
+heads are the kv heads) it is layer x head (every position at once) or, `per_position`, layer x
+position x head. Positions are absolute token positions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models import Batch
 
-SITES = ("resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "attn.head_out")
+SITES = ("resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "attn.head_out", "attn.q", "attn.k")
+HEAD_SITES = ("attn.head_out", "attn.q", "attn.k")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,7 @@ def grid_for(model, batch: Batch, site: str, per_position: bool | None) -> Grid:
         raise ArgumentError(f"site: expected one of {SITES}, found {site!r}")
     layers = len(model.resolve_capture(f"blocks.*.{site}"))
     positions = int(np.asarray(batch.positions).max()) + 1
-    if site != "attn.head_out":
+    if site not in HEAD_SITES:
         if per_position is False:
             raise ArgumentError(f"per_position: site {site!r} is patched per position; found per_position=False")
         return Grid(site, layers, positions, None, ("layer", "position"))

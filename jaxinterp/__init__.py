@@ -7,7 +7,7 @@
 """
 
 from jaxinterp.cache import library_version as _library_version
-from jaxinterp.edits import AddToResidual, Edit, FunctionEdit, Patch, PatchLayer, PatternFromScores, ScaleHead, SetHead, compose
+from jaxinterp.edits import AddToResidual, Edit, FunctionEdit, Patch, PatchHeads, PatchLayer, PatternFromScores, ScaleHead, SetHead, compose
 from jaxinterp.generate import Generation, Labeler
 from jaxinterp.errors import ArgumentError, CheckpointError, ConfigError, JaxinterpError, NonFiniteError, SiteError
 from jaxinterp.loader import convert, load, save
@@ -20,6 +20,6 @@ __version__ = _library_version()
 
 __all__ = [
     "AddToResidual", "ArgumentError", "Batch", "CheckpointError", "ConfigError", "Context", "Edit",
-    "FunctionEdit", "Generation", "JaxinterpError", "Labeler", "NonFiniteError", "Model", "Patch", "PatchLayer", "PatternFromScores", "Run", "SEGMENTS", "ScaleHead",
+    "FunctionEdit", "Generation", "JaxinterpError", "Labeler", "NonFiniteError", "Model", "Patch", "PatchHeads", "PatchLayer", "PatternFromScores", "Run", "SEGMENTS", "ScaleHead",
     "SetHead", "SiteError", "compose", "convert", "load", "make_batch", "save", "shard", "sweep",
 ]

@@ -295,6 +295,32 @@ class PatchLayer(Edit):
 
 
 @struct.dataclass
+class PatchHeads(Edit):
+    """Writes `values[l]` into head h of `blocks.{l}.{site}` wherever `where[l, h]`, in every block at once.
+
+    `values` stacks a site with a head axis over every block ([L, B, T, H, Dh], e.g. the
+    captures of a run at `blocks.*.attn.head_out`) and `where` is an [L, H] boolean mask; both
+    are array leaves, so a sweep that moves the mask (path patching's sender head) is one
+    program. Positions are laid out as in `Patch`; decode steps are left alone.
+    """
+
+    site: str = struct.field(pytree_node=False)
+    values: Array = None
+    where: Array = None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (f"blocks.*.{self.site}",)
+
+    def __call__(self, x: Array, ctx: Context) -> Array:
+        if ctx.decoding:
+            return x
+        _, head_axis = _axes(ctx)
+        hit = jnp.expand_dims(jnp.asarray(self.where)[ctx.layer], [a for a in range(x.ndim) if a != head_axis])
+        return _write(x, self.values[ctx.layer], hit, None, ctx)
+
+
+@struct.dataclass
 class PatternFromScores(Edit):
     """Replaces the attention probabilities of `layers` by `fn(scores, ctx)`.
 

@@ -25,6 +25,7 @@ import numpy as np
 from flax import struct
 
 from jaxinterp.errors import ArgumentError
+from jaxinterp.host import to_host
 from jaxinterp.models import Batch, KVCache
 from jaxinterp.models.sites import segment_id
 
@@ -190,7 +191,7 @@ def left_padded_prompt(model: Any, prompts: Any, *, chat: bool, bucket: int, wha
     taken as they are (every column real), a `Batch` checked to be left-padded; padded up to a multiple of `bucket` columns (to reuse compiled
     programs), then checked, prepared and placed by `model.batch`."""
     if isinstance(prompts, Batch):
-        if not bool(jnp.all(_fetch(prompts.mask[:, -1]))):
+        if not bool(jnp.all(to_host(prompts.mask[:, -1]))):
             raise ArgumentError(f"prompts: a Batch given to {what} must be left-padded (last column all real tokens)")
         prompt = prompts
     else:
@@ -268,16 +269,6 @@ def finish(tokenizer: Any, tokens: np.ndarray, steps: int, stop_ids: list[int], 
     return rows, texts
 
 
-def _fetch(x: Array) -> np.ndarray:
-    """The value of `x` on this host; an array spread over several processes (a multi-host mesh)
-    is gathered from all of them (every process must call this together)."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p, seed, stop, edits, stream,
                    chat, capture, labeler) -> Generation:
     """Implementation of `Model.generate` (see there)."""
@@ -285,7 +276,7 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
     config = model.config
     prompt = left_padded_prompt(model, prompts, chat=chat, bucket=PROMPT_BUCKET, what="generate")
     pad_id = model.pad_token_id
-    needed = int(jnp.max(_fetch(prompt.positions[:, -1]))) + 1 + max_new_tokens
+    needed = int(jnp.max(to_host(prompt.positions[:, -1]))) + 1 + max_new_tokens
     if needed > config.max_position_embeddings:
         raise ArgumentError(
             f"max_new_tokens: prompt ({needed - max_new_tokens} tokens) plus max_new_tokens ({max_new_tokens}) "
@@ -304,10 +295,10 @@ def run_generation(model, prompts, max_new_tokens, *, temperature, top_k, top_p,
             max_new_tokens=max_new_tokens, cache_size=cache_size, sampling=sampling,
             capture=capture, streaming=stream is not None,
         )
-        steps = int(_fetch(steps))
+        steps = int(to_host(steps))
     finally:
         _STREAM["fn"] = None
-    rows, texts = finish(model.tokenizer, _fetch(tokens), steps, stop_ids, stop_strings)
+    rows, texts = finish(model.tokenizer, to_host(tokens), steps, stop_ids, stop_strings)
     per_step = {name: value[:steps] for name, value in per_step.items()}
     return Generation(texts=texts, tokens=rows, prompt=prompt, captured_prefill=prefill, captured_steps=per_step)
 

@@ -116,10 +116,13 @@ def _restore(path: str, dtype: Any, layout: _Layout, verify: bool) -> Model:
     if verify:  # after the config checks, which name a bad field before any parameter file is read
         orbax_dir.verify(path, manifest)
     saved = models.abstract_params(config, jnp.dtype(manifest["dtype"]))
-    shardings = layout.shardings(config, saved)
-    if shardings is not None:  # orbax restores each device's shards only
-        saved = unflatten({name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings[name])
-                           for name, x in flatten(saved).items()})
+    # orbax restores each device's shards only; without a mesh, the whole model onto this process's
+    # first device (said explicitly: on a multi-host run orbax would otherwise expect the topology
+    # the directory was written with)
+    shardings = layout.shardings(config, saved) or {}
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    saved = unflatten({name: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings.get(name, local))
+                       for name, x in flatten(saved).items()})
     params = orbax_dir.restore(path, saved)
     if jnp.dtype(manifest["dtype"]) != jnp.dtype(dtype):
         params = jax.tree.map(lambda x: x.astype(dtype), params)

@@ -1,5 +1,7 @@
 """Two processes joined by `jax.distributed` (CPU, gloo collectives, 2 devices each) run a sharded
-model and get the single-process results: `__call__`, `run` with captures, `grad`, `generate`, `sweep`."""
+model and get the single-process results: `__call__`, `run` with captures, `grad`, `attribute`,
+`generate`, `sweep`; and load a checkpoint (Hugging Face safetensors, a converted directory)
+straight into its shards, holding on each process only its devices' share of every parameter."""
 
 from __future__ import annotations
 
@@ -44,6 +46,16 @@ WORKER = """
     swept = ji.sweep(ablate, sharded.batch(tokens), np.arange(8), mesh=mesh, chunk_size=4, progress=False)
     loop = np.stack([np.asarray(model(tokens, edits=ji.ScaleHead(layer=1, head=h, scale=0.0))[:, -1]) for h in range(8)])
     out["sweep"] = float(np.abs(gather(swept) - loop).max())
+    from jaxinterp.attribution import Tokens, attribute
+    last = Tokens.at(np.full((4, 1), 11))
+    maps = lambda m: attribute(m, tokens, method="grad_x_input", region="tokens", target=last).tokens
+    out["attribute"] = float(np.abs(gather(maps(sharded)) - np.asarray(maps(model))).max())
+    for name, folder in (("load_hf", "HF_DIR"), ("load_converted", "CONVERTED_DIR")):
+        whole, placed = ji.load(folder, progress=False), ji.load(folder, mesh=mesh, strategy="fsdp", progress=False)
+        local = sum(s.data.nbytes for x in jax.tree.leaves(placed.params) for s in x.addressable_shards)
+        total = sum(x.nbytes for x in jax.tree.leaves(whole.params))
+        ids = tokens % whole.config.vocab_size
+        out[name] = [float(np.abs(gather(placed(ids)) - np.asarray(whole(ids))).max()), local / total]
     print(json.dumps(out))
 """
 
@@ -54,11 +66,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one():
+def test_two_processes_equal_one(tiny_checkpoint, tmp_path):
+    import jaxinterp as ji
+
+    hf_dir, _ = tiny_checkpoint("smol")
+    converted = ji.convert(hf_dir, tmp_path / "converted", progress=False)
+    script = WORKER.replace("HF_DIR", hf_dir).replace("CONVERTED_DIR", str(converted))
     port = _free_port()
-    children = [start_python(WORKER.replace("PORT", str(port)).replace("PROCESS", str(i))) for i in range(2)]
+    children = [start_python(script.replace("PORT", str(port)).replace("PROCESS", str(i))) for i in range(2)]
     outputs = [json.loads(finish(child, timeout=300).strip().splitlines()[-1]) for child in children]
     for out in outputs:
         assert out["generate"] is True, out
-        for name in ("call", "run", "grad", "sweep"):
+        for name in ("call", "run", "grad", "attribute", "sweep"):
             assert out[name] <= 1e-5, (name, out)
+        for name in ("load_hf", "load_converted"):
+            difference, share = out[name]
+            # fsdp over 4 devices: each process holds its 2 devices' quarter of every sharded tensor,
+            # and whole copies of the few that no axis divides (norm scales), so about half
+            assert difference <= 1e-5 and share <= 0.55, (name, out)

@@ -29,6 +29,7 @@ from jaxinterp.attribution.request import Attribution, Request
 from jaxinterp.attribution.targets import Target, answer_tokens
 from jaxinterp.edits import compose
 from jaxinterp.errors import ArgumentError, NonFiniteError
+from jaxinterp.host import to_host, tree_to_host
 from jaxinterp.models.sites import resolve
 
 # method -> (function of a Request and its options, default site glob (None: the method reads no site))
@@ -106,14 +107,15 @@ def attribute(
         sites = resolve(patterns, model.sites, argument="site")
     elif site is not None:
         raise ArgumentError(f"site: method {method!r} reads no site (it explains from the logits or attention)")
+    host = tree_to_host(batch)  # targets are chosen and checked on the host, also on a multi-host mesh
     if target is None:
-        target = DEFAULT_TARGETS[method](model, batch) if method in DEFAULT_TARGETS else answer_tokens(batch)
+        target = DEFAULT_TARGETS[method](model, host) if method in DEFAULT_TARGETS else answer_tokens(host)
     edits = compose(edits)
     for edit in edits:
         resolve(edit.sites, model.sites, argument=f"edit {type(edit).__name__}")
     if check_finite:
         model.run(batch, edits=edits, check_finite=True)
-    request = Request(model=model, batch=batch, target=target.bind(batch, model.next_token), sites=sites, region=region,
+    request = Request(model=model, batch=batch, target=target.bind(host, model.next_token), sites=sites, region=region,
                       edits=edits)
     out = dataclasses.replace(fn(request, **options), method=method, sites=sites, batch=batch)
     if check_finite:
@@ -127,9 +129,9 @@ def _check_finite_maps(out: Attribution) -> None:
     for region, maps in (("image", out.image), ("tokens", out.tokens)):
         if maps is None:
             continue
-        finite = np.isfinite(np.asarray(maps)).reshape(len(maps), -1).all(axis=1)
+        finite = np.isfinite(to_host(maps)).reshape(len(maps), -1).all(axis=1)
         if not finite.all():
             site = labels[int(np.argmin(finite))] if len(maps) == len(labels) else "(all)"
             raise NonFiniteError(f"attribute {out.method!r}: NaN or infinity in the {region} map of site {site!r}")
-    if not np.isfinite(np.asarray(out.values)).all():
+    if not np.isfinite(to_host(out.values)).all():
         raise NonFiniteError(f"attribute {out.method!r}: the target's score is NaN or infinite")

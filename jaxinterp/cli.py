@@ -100,10 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     patch.add_argument("--corrupted", default=IOI["corrupted"], help="the corrupted prompt (same number of tokens)")
     patch.add_argument("--answer", default=IOI["answer"], help="the clean answer (its first token is read)")
     patch.add_argument("--wrong", default=IOI["wrong"], help="the competing answer (its first token is read)")
-    patch.add_argument("--site", default="resid_pre",
-                       choices=["resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "attn.head_out"])
+    patch.add_argument("--site", default="resid_pre", choices=PATCH_SITES)
     patch.add_argument("--noising", action="store_true", help="write the corrupted run into the clean one instead")
     patch.add_argument("--attribution", action="store_true", help="first-order attribution patching (one backward)")
+    patch.add_argument("--qk-fix", action="store_true",
+                       help="with --attribution and --site attn.q or attn.k: AtP*'s QK fix (exact attention pattern)")
 
     from jaxinterp.attribution.cli import add_arguments as add_attribute_arguments
 
@@ -201,6 +202,9 @@ def _attention(args) -> None:
     print(f"wrote {out}/entropy.png, {out}/m_index.png and {out}/attention.json")
 
 
+# Sites `jaxinterp patch` grids over (those of jaxinterp.patching, listed here so --help needs no import of jax).
+PATCH_SITES = ("resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "attn.head_out", "attn.q", "attn.k")
+
 # The indirect-object-identification pair (Wang et al. 2022): the subject is swapped in the corrupted prompt.
 IOI = {"clean": "When Mary and John went to the store, John gave a drink to",
        "corrupted": "When Mary and John went to the store, Mary gave a drink to", "answer": " Mary", "wrong": " John"}
@@ -213,9 +217,14 @@ def _patch(args) -> None:
 
     model = _model(args)
     answer, wrong = (model.tokenizer(text, add_special_tokens=False)["input_ids"][0] for text in (args.answer, args.wrong))
+    if args.qk_fix and not args.attribution:
+        from jaxinterp.errors import ArgumentError
+
+        raise ArgumentError("--qk-fix: needs --attribution (activation patching is exact already)")
+    options = {"qk_fix": True} if args.qk_fix else {}
     run = patching.attribution_patching if args.attribution else patching.activation_patching
     result = run(model, args.clean, args.corrupted, patching.logit_diff(answer, wrong), site=args.site,
-                 noising=args.noising)
+                 noising=args.noising, **options)
     out = args.out or "jaxinterp-patch"
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "patch.json"), {"clean_prompt": args.clean, "corrupted_prompt": args.corrupted,

@@ -275,3 +275,16 @@ def test_cli_patch_writes_json_and_heatmap(tmp_path, capsys):
     assert (tmp_path / "out" / "patch.png").stat().st_size > 1000
     assert main([*args, "--corrupted", "the dog sat"]) == 2
     assert "expected inputs of one shape" in capsys.readouterr().err
+    assert main([*args, "--site", "attn.k", "--attribution", "--qk-fix"]) == 0
+    assert "QK fix" in capsys.readouterr().out
+    data = json.loads((tmp_path / "out" / "patch.json").read_text())
+    assert data["axes"] == ["layer", "head"] and np.array(data["values"]).shape == (2, 2)  # kv heads
+    assert main([*args, "--site", "attn.k", "--qk-fix"]) == 2
+    assert "--qk-fix: needs --attribution" in capsys.readouterr().err
+
+
+def test_cli_patch_sites_are_the_grid_sites():
+    from jaxinterp.cli import PATCH_SITES
+    from jaxinterp.patching.grid import SITES
+
+    assert PATCH_SITES == SITES

@@ -111,6 +111,70 @@ def test_grid_equals_cell_loop(model, site, per_position):
     assert result.corrupted == pytest.approx(float(METRIC(model.run(CORRUPTED))))
 
 
+def padded_pair(side: str):
+    """Two rows of different lengths, padded on `side`; the pair differs late in the long row only, after the
+    short row's last real token when right-padded (its metric is then read from the shared prefix)."""
+    tokens = np.array([[3, 9, 14, 21, 5, 11, 7, 2, 8], [6, 12, 4, 30, 17, 1, 0, 0, 0]], np.int32)
+    mask = np.ones(tokens.shape, bool)
+    mask[1, 6:] = False
+    if side == "left":
+        tokens[1], mask[1] = np.roll(tokens[1], 3), np.roll(mask[1], 3)
+    corrupted = tokens.copy()
+    corrupted[0, 7] = 40
+    return make_batch(tokens, mask), make_batch(corrupted, mask)
+
+
+def test_first_changed_slots_known_answer():
+    clean, corrupted = padded_pair("left")  # row 1 holds positions 0..5 at slots 3..8; the rows differ at slot 7
+    cells = {"layer": np.zeros(9, np.int32), "position": np.arange(9, dtype=np.int32)}
+    # position p lives at slot p in row 0 and slot p + 3 in row 1: the first slot reaching p is p (p <= 8)
+    np.testing.assert_array_equal(patching.grid.first_changed_slots(clean, corrupted, cells), [7, 7, 7, 7, 7, 7, 7, 7, 8])
+    np.testing.assert_array_equal(patching.grid.first_changed_slots(clean, corrupted, {"layer": np.zeros(3, np.int32)}),
+                                  [7, 7, 7])
+    same = patching.grid.first_changed_slots(clean, clean, cells)
+    np.testing.assert_array_equal(same, np.full(9, 8))  # nothing differs: only the last slot runs
+
+
+@pytest.mark.parametrize("site, noising", [("resid_pre", False), ("attn.head_out", False), ("mlp.out", True)])
+def test_shared_prefix_equals_full_recompute(model, site, noising):
+    clean, corrupted = padded_pair("right")
+    full = patching.activation_patching(model, clean, corrupted, METRIC, site=site, noising=noising, share_prefix=False)
+    for buckets in (1, 2, 8):
+        shared = patching.activation_patching(model, clean, corrupted, METRIC, site=site, noising=noising,
+                                              prefix_buckets=buckets)
+        np.testing.assert_allclose(shared.values, full.values, atol=1e-5)
+        assert (shared.clean, shared.corrupted) == pytest.approx((full.clean, full.corrupted), abs=1e-6)
+    assert np.ptp(full.values) > 1e-3  # the grid is not flat: a wrong continuation would show
+
+
+def test_bidirectional_model_shares_no_prefix():
+    from jaxinterp.models import init_params
+    from jaxinterp.models.llama import LlamaConfig
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=8, causal=False)
+    bidirectional = ji.Model(config, init_params(config, jax.random.key(3)))
+    result = patching.activation_patching(bidirectional, CLEAN, CORRUPTED, METRIC)
+    grid = patching.grid.grid_for(bidirectional, bidirectional.batch(CORRUPTED), "resid_pre", None)
+    # position 0 precedes the corrupted token, yet patching it changes the metric: later tokens are seen
+    expected = cell_loop(bidirectional, "resid_pre", grid, source=CLEAN, target=CORRUPTED)
+    np.testing.assert_allclose(result.values, expected, atol=1e-5)
+    assert abs(expected[1, 0] - result.corrupted) > 1e-4
+
+
+def test_left_padded_pair_is_refused(model):
+    # the clean activation of position p is read at slot p: a left-padded row would be patched from the wrong token
+    clean, corrupted = padded_pair("left")
+    with pytest.raises(ji.ArgumentError, match="clean: patching needs every real token at the slot of its position.*"
+                                               "row 1 holds position 0 at slot 3"):
+        patching.activation_patching(model, clean, corrupted, METRIC)
+
+
+def test_prefix_buckets_must_be_a_positive_integer(model):
+    with pytest.raises(ji.ArgumentError, match="prefix_buckets: expected an integer >= 1, found 0"):
+        patching.activation_patching(model, CLEAN, CORRUPTED, METRIC, prefix_buckets=0)
+
+
 def test_noising_grid_equals_cell_loop(model):
     result = patching.activation_patching(model, CLEAN, CORRUPTED, METRIC, site="resid_mid", noising=True)
     grid = patching.grid.grid_for(model, model.batch(CLEAN), "resid_mid", None)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.converters.chat_template import render_chat
+from jaxinterp import prefix
 from jaxinterp.errors import ArgumentError
 from jaxinterp.methods import shapley
 from jaxinterp.models import Batch, make_batch
@@ -138,6 +139,7 @@ def feature_attribution(
       seed: seed of the sampled methods.
       share_prefix: run the prompt once into a KV cache that every coalition continues from
         its first removed feature (False: every coalition recomputes the whole prompt; same values).
+        A bidirectional model shares nothing (`prefix.shares_prefix`) and ignores it.
       prefix_buckets: at most this many prefix lengths, one compiled program each (1: only the
         tokens before the first feature are shared).
       memory_budget: bytes (or "2GB") for one chunk of coalitions (see `sweep`).
@@ -165,8 +167,9 @@ def feature_attribution(
         raise ArgumentError("removal: 'delete' leaves the empty coalition without any token; use removal='baseline' "
                             "or a prompt with tokens outside the features (a BOS token, a chat template)")
     firsts = np.array([min(tokens) for tokens in members])
+    share = share_prefix and prefix.shares_prefix(model)
     value = _PrefixTrie(model, base, feature_of, score, removal, fill, firsts,
-                        _bucket_starts(firsts, prefix_buckets) if share_prefix else (0,), memory_budget, progress)
+                        prefix.bucket_starts(firsts, prefix_buckets) if share else (0,), memory_budget, progress)
     memo = shapley.Memo(value)
     n = len(members)
     values, stderr = _estimate(memo, n, method, samples, orders, antithetic, seed)
@@ -247,14 +250,6 @@ def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
     return list(answer), log_probability
 
 
-def _bucket_starts(firsts: np.ndarray, buckets: int) -> tuple[int, ...]:
-    """At most `buckets` prefix lengths among the features' first tokens, spread evenly over them
-    in feature order, always including the first feature's start (shared by every coalition)."""
-    starts = np.sort(np.unique(firsts))
-    picks = np.unique(np.linspace(0, len(starts) - 1, min(buckets, len(starts))).round().astype(int))
-    return tuple(int(starts[i]) for i in picks)
-
-
 class _PrefixTrie:
     """The value function over coalition masks [N, n] -> [N], continuing each coalition from the
     cached unperturbed prompt at its bucket's start (module docstring)."""
@@ -263,8 +258,7 @@ class _PrefixTrie:
                  firsts: np.ndarray, starts: tuple[int, ...], memory_budget: int | str, progress: bool):
         self.base, self.firsts, self.starts = base, firsts, starts
         self.memory_budget, self.progress = memory_budget, progress
-        length = feature_of.shape[0]
-        prompt = model.run(base, cache=model.empty_cache(1, length)) if starts[-1] else None
+        prompt = prefix.cached_run(model, base) if starts[-1] else None
         self.programs = [_coalition_value(model, feature_of, score, removal, fill, start, prompt) for start in starts]
         self.served = self.slots = 0
 
@@ -275,7 +269,7 @@ class _PrefixTrie:
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, bool)
         removed_at = np.where(~masks, self.firsts[None], np.iinfo(np.int32).max).min(axis=1)
-        bucket = np.searchsorted(np.asarray(self.starts), removed_at, side="right") - 1
+        bucket = prefix.bucket_of(removed_at, self.starts)
         out = np.empty(len(masks), np.float64)
         for k, (start, program) in enumerate(zip(self.starts, self.programs)):
             rows = np.flatnonzero(bucket == k)
@@ -290,17 +284,15 @@ class _PrefixTrie:
         return out
 
 
-def _coalition_value(model: Any, feature_of: np.ndarray, score: Callable, removal: str, fill: int, prefix: int,
+def _coalition_value(model: Any, feature_of: np.ndarray, score: Callable, removal: str, fill: int, start: int,
                      prompt: Any) -> Callable[[Batch, Array], Array]:
     """fn(batch, coalition [n] bool) -> the target's score of the perturbed prompt (traceable).
 
-    The first `prefix` slots are the unperturbed prompt's in every coalition this serves: they are
-    read from `prompt`'s KV cache (a run of the whole unperturbed prompt; slots from `prefix` on are
-    overwritten by the coalition's own), and only the slots after them are run.
+    The first `start` slots are the unperturbed prompt's in every coalition this serves: they are
+    read from `prompt`'s KV cache (`prefix.cached_run` of the whole unperturbed prompt), and only
+    the slots after them are run (`prefix.resume`).
     """
     slots = jnp.arange(feature_of.shape[0])
-    if prefix:
-        cache, last_logits = prompt.cache.replace(length=jnp.int32(prefix)), prompt.logits[:, prefix - 1:prefix]
     feature_of = jnp.asarray(feature_of)
 
     def value(batch: Batch, coalition: Array) -> Array:
@@ -315,11 +307,11 @@ def _coalition_value(model: Any, feature_of: np.ndarray, score: Callable, remova
         # slot j is predicted by the last kept slot before it (a deleted token predicts nothing)
         last_kept = jax.lax.cummax(jnp.where(kept, slots, 0))
         predictors = jnp.concatenate([jnp.zeros(1, slots.dtype), last_kept[:-1]])
-        if not prefix:
+        if not start:
             return score(model(batch), batch.tokens, predictors)[0]
-        rest = jax.tree.map(lambda x: x[:, prefix:], batch)
-        logits = jnp.concatenate([last_logits, model.run(rest, cache=cache).logits], axis=1)  # from slot prefix - 1
-        return score(logits, batch.tokens, jnp.maximum(predictors - (prefix - 1), 0))[0]
+        rest = prefix.resume(model, prompt, batch, start, whole=False).logits
+        logits = jnp.concatenate([prompt.logits[:, start - 1:start], rest], axis=1)  # from slot start - 1
+        return score(logits, batch.tokens, jnp.maximum(predictors - (start - 1), 0))[0]
 
     return value
 

@@ -6,6 +6,11 @@ reverse direction (`noising`) writes corrupted activations into the clean run. T
 position and head of a cell are array leaves of one edit, so the whole grid is one
 compiled program, run by `sweep` in chunks sized to `memory_budget`, rather than one
 forward per cell from Python (TransformerLens `patching.py`).
+
+In a causal model a cell changes nothing before the first slot where the two inputs differ,
+nor before its own position, so the target run is computed once into a KV cache and each cell
+continues from its first changed slot (`jaxinterp.prefix`; starts bucketed to at most
+`prefix_buckets` programs): with a pair that differs late, most of the grid's work is skipped.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp import prefix
 from jaxinterp.edits import PatchLayer
-from jaxinterp.patching.grid import grid_for, labels, pair
+from jaxinterp.errors import ArgumentError
+from jaxinterp.patching.grid import first_changed_slots, grid_for, labels, pair
 from jaxinterp.patching.metrics import Metric
 from jaxinterp.patching.result import PatchingResult
 from jaxinterp.sweep import DEFAULT_BUDGET, sweep
@@ -22,8 +29,8 @@ from jaxinterp.sweep import DEFAULT_BUDGET, sweep
 
 def activation_patching(
     model, clean, corrupted, metric: Metric, *, site: str = "resid_pre", per_position: bool | None = None,
-    noising: bool = False, chunk_size: int | None = None, memory_budget: int | str = DEFAULT_BUDGET,
-    progress: bool = False,
+    noising: bool = False, share_prefix: bool = True, prefix_buckets: int = 4, chunk_size: int | None = None,
+    memory_budget: int | str = DEFAULT_BUDGET, progress: bool = False,
 ) -> PatchingResult:
     """The metric of the corrupted run with each cell of `site` patched from the clean run.
 
@@ -35,21 +42,39 @@ def activation_patching(
       per_position: for a site with heads (`attn.head_out`, `attn.q`, `attn.k`), a layer x position x
         head grid instead of layer x head.
       noising: write corrupted activations into the clean run instead.
+      share_prefix: continue each cell from the cached target run at its first changed slot
+        (module docstring; False: every cell recomputes every slot; same values). A bidirectional
+        model shares nothing and ignores it.
+      prefix_buckets: at most this many continuation starts, one compiled program each.
       chunk_size, memory_budget, progress: passed to `sweep`.
     """
+    if not isinstance(prefix_buckets, int) or isinstance(prefix_buckets, bool) or prefix_buckets < 1:
+        raise ArgumentError(f"prefix_buckets: expected an integer >= 1, found {prefix_buckets!r}")
     clean, corrupted = pair(model, clean, corrupted)
     source, target = (corrupted, clean) if noising else (clean, corrupted)
     grid = grid_for(model, target, site, per_position)
     names = grid.site_names()
     source_run = model.run(source, capture=names)
     values = jnp.stack([source_run[name] for name in names])
-    baselines = {"source": float(metric(source_run)), "target": float(metric(model.run(target)))}
+    cells = grid.cells()
+    share = share_prefix and prefix.shares_prefix(model)
+    starts = first_changed_slots(source, target, cells) if share else np.zeros(len(cells["layer"]), np.int64)
+    buckets = prefix.bucket_starts(starts, prefix_buckets)
+    target_run = prefix.cached_run(model, target) if buckets[-1] else model.run(target)
+    baselines = {"source": float(metric(source_run)), "target": float(metric(target_run))}
 
-    def patched(batch, cell):
-        edit = PatchLayer(site, values, layer=cell["layer"], positions=cell.get("position"), heads=cell.get("head"))
-        return metric(model.run(batch, edits=edit))
+    def cell_value(start: int):
+        def patched(batch, cell):
+            edit = PatchLayer(site, values, layer=cell["layer"], positions=cell.get("position"), heads=cell.get("head"))
+            return metric(prefix.resume(model, target_run, batch, start, edits=edit))
+        return patched
 
-    out = sweep(patched, target, grid.cells(), chunk_size=chunk_size, memory_budget=memory_budget, progress=progress)
+    out = np.empty(len(starts), np.float32)
+    bucket = prefix.bucket_of(starts, buckets)
+    for k, start in enumerate(buckets):
+        rows = np.flatnonzero(bucket == k)
+        out[rows] = np.asarray(sweep(cell_value(start), target, {axis: index[rows] for axis, index in cells.items()},
+                                     chunk_size=chunk_size, memory_budget=memory_budget, progress=progress))
     clean_value, corrupted_value = (baselines["target"], baselines["source"]) if noising else (baselines["source"], baselines["target"])
     return PatchingResult(
         values=np.asarray(out, np.float32).reshape(grid.shape), axes=grid.axes, labels=labels(model, clean, grid),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import jax
 import numpy as np
 
 from jaxinterp.errors import ArgumentError
@@ -51,6 +52,15 @@ def pair(model, clean, corrupted) -> tuple[Batch, Batch]:
     if clean.shape != corrupted.shape:
         raise ArgumentError(f"clean, corrupted: expected inputs of one shape (same number of tokens), found "
                             f"{clean.shape} and {corrupted.shape}")
+    for name, batch in (("clean", clean), ("corrupted", corrupted)):
+        positions, mask = np.asarray(batch.positions), np.asarray(batch.mask)
+        misplaced = mask & (positions != np.arange(positions.shape[1]))
+        if misplaced.any():  # activations are written by absolute position, read from a run by slot
+            row, slot = (int(i[0]) for i in np.nonzero(misplaced))
+            raise ArgumentError(
+                f"{name}: patching needs every real token at the slot of its position (unpadded or right-padded "
+                f"rows); row {row} holds position {positions[row, slot]} at slot {slot} (left padding?); "
+                f"pass right-padded inputs, e.g. model.encode(texts, padding='right')")
     return clean, corrupted
 
 
@@ -67,6 +77,24 @@ def grid_for(model, batch: Batch, site: str, per_position: bool | None) -> Grid:
     heads = model.site_shapes(batch)[f"blocks.0.{site}"].shape[2]
     axes = ("layer", "position", "head") if per_position else ("layer", "head")
     return Grid(site, layers, positions, heads, axes)
+
+
+def first_changed_slots(source: Batch, target: Batch, cells: dict[str, np.ndarray]) -> np.ndarray:
+    """[cells] the first slot each cell's patch can change in a causal model: not before the first slot
+    where the two inputs differ in any row (every site agrees before it), nor, for a cell with a
+    position, before the first slot that holds that position or a later one in any row. At most the
+    last slot, so that a continuation from it runs at least one."""
+    source, target = (jax.tree.map(np.asarray, b) for b in (source, target))
+    slots = target.tokens.shape[1]
+    differ = ((source.tokens != target.tokens) | (source.mask != target.mask)
+              | (source.positions != target.positions)).any(axis=0)
+    first = int(np.argmax(differ)) if differ.any() else slots - 1
+    count = len(next(iter(cells.values())))
+    if "position" not in cells:
+        return np.full(count, first, np.int64)
+    reaches = (target.mask[None] & (target.positions[None] >= cells["position"][:, None, None])).any(axis=1)
+    at = np.where(reaches.any(axis=1), np.argmax(reaches, axis=1), slots - 1)
+    return np.minimum(np.maximum(first, at), slots - 1)
 
 
 def labels(model, batch: Batch, grid: Grid) -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,65 @@
+"""Shared prefixes: run the slots that many variations of one batch share once, into a KV cache.
+
+Perturbation attribution (coalitions of prompt features) and activation patching (cells of a
+grid) run one batch many times, each variation changing it only from some slot on. In a
+causal decoder nothing before that slot can change, so the unperturbed batch runs once into
+a KV cache and a variation continues from the cache at its first changed slot, computing only
+the slots after it. The possible starts are bucketed to a few lengths (one compiled program
+each; a variation continues from the longest bucket at or before its own start).
+
+A bidirectional model (masked diffusion, positional schemes) lets early slots see late ones,
+so it shares nothing: `shares_prefix` is False and every variation starts at slot 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.models import Batch
+
+
+def shares_prefix(model: Any) -> bool:
+    """Whether a slot's activations depend on earlier slots only (a causal decoder)."""
+    return bool(getattr(model.config, "causal", True))
+
+
+def bucket_starts(starts: Sequence[int], buckets: int) -> tuple[int, ...]:
+    """At most `buckets` prefix lengths among the variations' `starts`, spread evenly over the
+    distinct ones in order and always including the smallest (which every variation can use)."""
+    distinct = np.sort(np.unique(np.asarray(starts, np.int64)))
+    picks = np.unique(np.linspace(0, len(distinct) - 1, min(buckets, len(distinct))).round().astype(int))
+    return tuple(int(distinct[i]) for i in picks)
+
+
+def bucket_of(starts: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
+    """Index into `buckets` (sorted) of the longest bucket at or before each start."""
+    return np.searchsorted(np.asarray(buckets), np.asarray(starts), side="right") - 1
+
+
+def cached_run(model: Any, batch: Batch) -> Any:
+    """A run of `batch` that keeps its KV cache, for `resume`."""
+    return model.run(batch, cache=model.empty_cache(batch.tokens.shape[0], batch.tokens.shape[1]))
+
+
+def resume(model: Any, prefix: Any, batch: Batch, start: int, *, edits: Any = (), whole: bool = True) -> Any:
+    """The run of `batch` with `edits`, computing only slots from `start` on (traceable).
+
+    `prefix` is `cached_run` of a batch equal to `batch` before slot `start`, where the edits
+    change nothing. With `whole`, the returned `Run` covers every slot of `batch` (the logits and
+    hidden states of earlier slots are the prefix run's), so that a metric reads it as a run of
+    the whole batch; without, it covers the slots from `start` on only.
+    """
+    if not start:
+        return model.run(batch, edits=edits)
+    rest = jax.tree.map(lambda x: x[:, start:], batch)
+    run = model.run(rest, edits=edits, cache=prefix.cache.replace(length=jnp.int32(start)))
+    if not whole:
+        return run
+    joined = lambda before, after: jnp.concatenate([before[:, :start], after], axis=1)  # noqa: E731
+    return run.replace(logits=joined(prefix.logits, run.logits), hidden=joined(prefix.hidden, run.hidden),
+                       captured={}, batch=batch, cache=None)

@@ -54,12 +54,16 @@ def test_grad_matches_central_finite_difference(smollm2):
         return (at(h) - at(-h)) / (2 * h)
 
     # Richardson extrapolation cancels the h^2 term, so a step large enough to keep float32
-    # round-off small still gives an O(h^4)-accurate derivative.
-    h = 0.02
+    # round-off small still gives an O(h^4)-accurate derivative. The forward's round-off is about
+    # 1e-6 (30 float32 blocks), so the smaller step must stay >= 0.02: at 0.01 it alone is 3e-3 off.
+    h = 0.04
     finite = (4 * central(h / 2) - central(h)) / 3
     analytic = float(jnp.vdot(grads[site], direction))
     assert abs(analytic) > 1e-2
     assert abs(finite - analytic) <= 1e-3 * abs(analytic)
+    # forward mode has no step: the reverse-mode gradient equals the directional derivative
+    _, forward = jax.jvp(lambda scale: objective(smollm2.run(TEXT, deltas={site: scale * direction})), (0.0,), (1.0,))
+    assert abs(float(forward) - analytic) <= 1e-5 * abs(analytic)
     assert np.isclose(float(value), at(0.0), atol=1e-5)
 
 

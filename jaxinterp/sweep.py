@@ -8,8 +8,9 @@
 `fn(inputs, variation)` may be any JAX-traceable function (the `Model` methods are); the
 variations are a pytree whose leaves share a leading axis N (edit numbers, input masks,
 coalition masks, ...). The N variations are processed in chunks: `chunk_size` when given,
-else as many as fit `memory_budget` bytes by an estimate of one variation's peak memory,
-so that a large sweep neither recompiles per variation nor exhausts memory. With a `mesh`,
+else as many as fit `memory_budget` bytes by an estimate of one variation's peak memory
+(spread evenly over the chunks that takes, so the last pads least), so that a large sweep
+neither recompiles per variation nor exhausts memory. With a `mesh`,
 each chunk's variation axis is split over all mesh devices.
 """
 
@@ -130,7 +131,10 @@ def sweep(
         raise ArgumentError(f"variations: every leaf needs the same leading axis; found shapes {[jnp.shape(x) for x in leaves]}")
     variations = jax.tree.map(jnp.asarray, variations)
     batched, consts, jaxpr = _hoisted(fn, inputs, jax.tree.map(lambda x: x[0], variations))
-    size = chunk_size or chunk_size_for(jaxpr, memory_budget)
+    size = chunk_size
+    if size is None:  # as many as fit, spread evenly over the chunks that needs (the last one pads least)
+        size = chunk_size_for(jaxpr, memory_budget)
+        size = -(-count // -(-count // size))
     devices = mesh.size if mesh is not None else 1
     size = max(devices, -(-min(size, count) // devices) * devices)  # a multiple of the device count
     place = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -145,6 +146,19 @@ def _torch_pair():
     tokenizer = word_tokenizer(WORDS)
     reference = hf_tiny.build("smol")
     return reference, ji.load(reference, progress=False), tokenizer
+
+
+def test_bidirectional_model_shares_no_prefix():
+    """Early slots of a bidirectional model see the removed features, so no cached prefix is valid."""
+    model = _model()
+    bidirectional = ji.Model(dataclasses.replace(model.config, causal=False), model.params, model.tokenizer)
+    kwargs = dict(features=["cat", "sat on", "a", "mat"], chat=True, method="exact", progress=False)
+    asked = feature_attribution(bidirectional, PROMPT, ANSWER, **kwargs)
+    full = feature_attribution(bidirectional, PROMPT, ANSWER, share_prefix=False, **kwargs)
+    assert asked.shared_prefix == 0 and asked.prefix_share == 0
+    np.testing.assert_allclose(asked.values, full.values, rtol=1e-6, atol=1e-6)
+    causal = feature_attribution(model, PROMPT, ANSWER, **kwargs)  # the same weights read causally differ
+    assert np.abs(causal.values - full.values).max() > 1e-3
 
 
 @pytest.mark.parametrize("method", ["ablation", "shapley"])

@@ -17,6 +17,9 @@ the permutation counts each side affords in the same wall time.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import time
 
 import numpy as np
@@ -62,13 +65,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--permutations", type=int, default=4)
     parser.add_argument("--exact", action="store_true", help="also compare errors against exact Shapley")
+    parser.add_argument("--out", default="results/perturbation_smollm2/results.json")
     args = parser.parse_args()
     from benchmarks.common import torch_reference
 
     model = jaxinterp.load("smollm2", progress=False)
     prompt, features = prompt_and_features()
     answer = " 19."
-    print(f"prompt: {len(model.tokenizer(prompt)['input_ids'])} tokens, {len(features)} features, answer {answer!r}")
+    length = len(model.tokenizer(prompt)["input_ids"])
+    print(f"prompt: {length} tokens, {len(features)} features, answer {answer!r}")
+    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "model": "smollm2",
+               "prompt_tokens": length, "features": len(features), "permutations": args.permutations, "methods": {}}
     reference = torch_reference("float32")
     rows = []
     for method in ("ablation", "shapley"):
@@ -90,14 +97,23 @@ def main() -> None:
         (r_one, share_one), (r_ours, share) = timed[1], timed[4]
         print(f"{method:10s} {n_ours:17d} {r_ours:7.2f} {share:7.1%} {r_one:9.2f} {share_one:7.1%} "
               f"{n_theirs:19d} {r_theirs:7.2f} {r_ours / r_theirs:5.2f}x")
+        results["methods"][method] = {
+            "coalitions": n_ours, "per_s": r_ours, "cached_share": share, "one_bucket_per_s": r_one,
+            "one_bucket_cached_share": share_one, "captum_coalitions": n_theirs, "captum_per_s": r_theirs,
+            "ratio": r_ours / r_theirs}
     if args.exact:
         exact = feature_attribution(model, prompt, answer, features=features, method="exact", progress=False).values
         ratio = rows[1][2][4][0] / rows[1][4]
         for label, count in (("Captum's budget", args.permutations), ("ours, same time", int(args.permutations * ratio))):
             sampled = feature_attribution(model, prompt, answer, features=features, method="shapley",
                                           samples=max(count, 2), progress=False).values
-            print(f"  {label:16s}: {max(count, 2):4d} permutations, mean |error| vs exact "
-                  f"{np.abs(sampled - exact).mean():.4f}")
+            error = float(np.abs(sampled - exact).mean())
+            print(f"  {label:16s}: {max(count, 2):4d} permutations, mean |error| vs exact {error:.4f}")
+            results.setdefault("error_vs_exact", {})[label] = {"permutations": max(count, 2), "mean_abs_error": error}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

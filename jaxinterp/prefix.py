@@ -41,6 +41,13 @@ def bucket_of(starts: np.ndarray, buckets: Sequence[int]) -> np.ndarray:
     return np.searchsorted(np.asarray(buckets), np.asarray(starts), side="right") - 1
 
 
+def padded_count(count: int) -> int:
+    """`count` rounded up to 2^k or 3 * 2^k: variations padded to it (repeating the last) compile few
+    distinct shapes however the counts vary, at most a third of them padding."""
+    power = 1 << max(count - 1, 0).bit_length()
+    return power * 3 // 4 if power >= 4 and count <= power * 3 // 4 else power
+
+
 def cached_run(model: Any, batch: Batch) -> Any:
     """A run of `batch` that keeps its KV cache, for `resume`."""
     return model.run(batch, cache=model.empty_cache(batch.tokens.shape[0], batch.tokens.shape[1]))

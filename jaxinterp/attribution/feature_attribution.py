@@ -22,7 +22,7 @@ runs once into a KV cache and each coalition recomputes only the slots from its 
 feature on (a prefix trie of depth one, since every coalition's kept leading run is a prefix of
 the same prompt). The possible starts are bucketed to at most `prefix_buckets` lengths (one
 compiled program each; a coalition continues from the longest bucket at or before its first
-removed feature), and each bucket's coalitions are padded to a power of two, so the number of
+removed feature), and each bucket's coalitions are padded to 2^k or 3 * 2^k rows, so the number of
 programs stays bounded however many coalitions an estimator asks for. Estimators are those of
 `methods/shapley.py`; occlusion (`ablation`) gives v(all) - v(all without i), as Captum's
 `FeatureAblation`; `shapley` samples permutations (pass `orders` to fix them, e.g. the ones
@@ -275,7 +275,7 @@ class _PrefixTrie:
             rows = np.flatnonzero(bucket == k)
             if not rows.size:
                 continue
-            padded = np.concatenate([rows, np.repeat(rows[-1:], (1 << int(rows.size - 1).bit_length()) - rows.size)])
+            padded = np.concatenate([rows, np.repeat(rows[-1:], prefix.padded_count(rows.size) - rows.size)])
             scored = sweep(program, self.base, jnp.asarray(masks[padded]), memory_budget=self.memory_budget,
                            progress=self.progress)
             out[rows] = np.asarray(scored, np.float64)[:rows.size]

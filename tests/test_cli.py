@@ -34,6 +34,7 @@ def test_help_shows_an_example(command, capsys):
     assert f"example: {EXAMPLES[command]}" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # about 90 s; CI's first command runs the demo and checks demo.json and demo.png
 def test_demo_writes_figure_and_json(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--max-new-tokens", "12"]) == 0
     assert "Paris" in capsys.readouterr().out

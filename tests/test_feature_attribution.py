@@ -223,6 +223,7 @@ def test_prefix_trie_without_a_leading_template(features, removal, leading):
     np.testing.assert_allclose(shared.values, full.values, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # about 80 s; the tiny-Llama parity above runs by default
 @pytest.mark.parametrize("method", ["ablation", "shapley"])
 def test_captum_agrees_on_smollm2(smollm2, smollm2_reference, method):
     """The pretrained model against transformers' PyTorch model from the same GGUF file: same token

@@ -51,6 +51,7 @@ def run_without_torch(script: str, cache: pathlib.Path) -> str:
                       timeout=600)
 
 
+@pytest.mark.slow  # about 110 s; CI's first command runs the demo without torch and checks its outputs
 def test_demo_and_loading_run_with_torch_absent(tmp_path, checkpoints):
     safetensors, converted, binary = checkpoints
     out = tmp_path / "demo"

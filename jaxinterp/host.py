@@ -24,5 +24,6 @@ def to_host(x: Any) -> np.ndarray:
 
 
 def tree_to_host(tree: Any) -> Any:
-    """`to_host` of every array leaf of a pytree (a batch, a result)."""
-    return jax.tree.map(to_host, tree)
+    """A pytree (a batch, a result) whose leaves host code can read: a leaf this process addresses
+    whole is left as it is (no copy), one spread over other processes is gathered (`to_host`)."""
+    return jax.tree.map(lambda x: x if getattr(x, "is_fully_addressable", True) else to_host(x), tree)

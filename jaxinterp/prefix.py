@@ -20,12 +20,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.errors import ArgumentError
 from jaxinterp.models import Batch
 
 
 def shares_prefix(model: Any) -> bool:
     """Whether a slot's activations depend on earlier slots only (a causal decoder)."""
     return bool(getattr(model.config, "causal", True))
+
+
+def check_buckets(buckets: Any) -> None:
+    """Raises ArgumentError unless `buckets` (the `prefix_buckets` argument) is an integer >= 1."""
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:
+        raise ArgumentError(f"prefix_buckets: expected an integer >= 1, found {buckets!r}")
 
 
 def bucket_starts(starts: Sequence[int], buckets: int) -> tuple[int, ...]:

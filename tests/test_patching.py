@@ -136,15 +136,20 @@ def test_first_changed_slots_known_answer():
 
 
 @pytest.mark.parametrize("site, noising", [("resid_pre", False), ("attn.head_out", False), ("mlp.out", True)])
-def test_shared_prefix_equals_full_recompute(model, site, noising):
+def test_shared_prefix_equals_full_recompute(model, site, noising, monkeypatch):
     clean, corrupted = padded_pair("right")
     full = patching.activation_patching(model, clean, corrupted, METRIC, site=site, noising=noising, share_prefix=False)
+    resume, starts = patching.activation.prefix.resume, set()
+    monkeypatch.setattr(patching.activation.prefix, "resume",
+                        lambda *args, **kwargs: starts.add(args[3]) or resume(*args, **kwargs))
     for buckets in (1, 2, 8):
         shared = patching.activation_patching(model, clean, corrupted, METRIC, site=site, noising=noising,
                                               prefix_buckets=buckets)
         np.testing.assert_allclose(shared.values, full.values, atol=1e-5)
         assert (shared.clean, shared.corrupted) == pytest.approx((full.clean, full.corrupted), abs=1e-6)
     assert np.ptp(full.values) > 1e-3  # the grid is not flat: a wrong continuation would show
+    assert min(starts) == 7  # the cells did continue the cached run, from the first changed slot on
+    assert len(starts) > 1 or site == "attn.head_out"  # a per-position site starts each cell at its own position
 
 
 def test_bidirectional_model_shares_no_prefix():

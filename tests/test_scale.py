@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -107,6 +108,28 @@ def test_sweep_budget_sets_chunks_and_bad_variations_fail(tiny):
         ji.sweep(fn, batch, {"a": jnp.zeros(3), "b": jnp.zeros(4)})
     with pytest.raises(ji.ArgumentError, match="memory_budget"):
         ji.sweep(fn, batch, jnp.zeros(3), memory_budget="12 parsecs")
+
+
+def test_sweep_spreads_the_budget_chunk_evenly(tiny, monkeypatch):
+    """90 variations at 64 per chunk run as 2 chunks of 45, not 64 + a 64-row chunk holding 26."""
+    sweep_module = importlib.import_module("jaxinterp.sweep")  # `jaxinterp.sweep` the attribute is the function
+    hoisted, seen = sweep_module._hoisted, []
+
+    def spied(*args):
+        batched, consts, jaxpr = hoisted(*args)
+        return (lambda c, i, chunk: seen.append(chunk.shape[0]) or batched(c, i, chunk)), consts, jaxpr
+
+    monkeypatch.setattr(sweep_module, "_hoisted", spied)
+    monkeypatch.setattr(sweep_module, "chunk_size_for", lambda jaxpr, budget: 64)
+    batch = ji.make_batch(np.arange(6, dtype=np.int32)[None])
+    scales = jnp.linspace(0.0, 1.0, 90)
+    out = ji.sweep(lambda b, s: tiny(b, edits=ji.ScaleHead(layer=1, head=0, scale=s))[0, -1], batch, scales,
+                   progress=False)
+    assert seen == [45, 45] and out.shape[0] == 90
+    seen.clear()
+    ji.sweep(lambda b, s: tiny(b, edits=ji.ScaleHead(layer=1, head=0, scale=s))[0, -1], batch, scales, chunk_size=64,
+             progress=False)
+    assert seen == [64, 64]  # an explicit chunk_size is taken as given
 
 
 @pytest.mark.slow

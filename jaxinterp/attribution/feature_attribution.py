@@ -152,8 +152,7 @@ def feature_attribution(
         raise ArgumentError("prompt: expected a non-empty string")
     if not isinstance(samples, int) or samples < 2:
         raise ArgumentError(f"samples: expected an integer >= 2, found {samples!r}")
-    if not isinstance(prefix_buckets, int) or isinstance(prefix_buckets, bool) or prefix_buckets < 1:
-        raise ArgumentError(f"prefix_buckets: expected an integer >= 1, found {prefix_buckets!r}")
+    prefix.check_buckets(prefix_buckets)
     ids, names, members = _features(model, prompt, features, chat)
     answer, score = _target(model, ids, target, max_new_tokens)
     feature_of = np.full(len(ids) + len(answer), -1, np.int32)

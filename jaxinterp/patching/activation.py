@@ -20,7 +20,6 @@ import numpy as np
 
 from jaxinterp import prefix
 from jaxinterp.edits import PatchLayer
-from jaxinterp.errors import ArgumentError
 from jaxinterp.patching.grid import first_changed_slots, grid_for, labels, pair
 from jaxinterp.patching.metrics import Metric
 from jaxinterp.patching.result import PatchingResult
@@ -48,8 +47,7 @@ def activation_patching(
       prefix_buckets: at most this many continuation starts, one compiled program each.
       chunk_size, memory_budget, progress: passed to `sweep`.
     """
-    if not isinstance(prefix_buckets, int) or isinstance(prefix_buckets, bool) or prefix_buckets < 1:
-        raise ArgumentError(f"prefix_buckets: expected an integer >= 1, found {prefix_buckets!r}")
+    prefix.check_buckets(prefix_buckets)
     clean, corrupted = pair(model, clean, corrupted)
     source, target = (corrupted, clean) if noising else (clean, corrupted)
     grid = grid_for(model, target, site, per_position)
@@ -77,7 +75,7 @@ def activation_patching(
                                      chunk_size=chunk_size, memory_budget=memory_budget, progress=progress))
     clean_value, corrupted_value = (baselines["target"], baselines["source"]) if noising else (baselines["source"], baselines["target"])
     return PatchingResult(
-        values=np.asarray(out, np.float32).reshape(grid.shape), axes=grid.axes, labels=labels(model, clean, grid),
+        values=out.reshape(grid.shape), axes=grid.axes, labels=labels(model, clean, grid),
         site=site, metric=getattr(metric, "label", "metric"), clean=clean_value, corrupted=corrupted_value,
         method="activation patching (corrupted into clean)" if noising else "activation patching (clean into corrupted)",
     )

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-import jax
 import numpy as np
 
 from jaxinterp.errors import ArgumentError
+from jaxinterp.host import to_host
 from jaxinterp.models import Batch
 
 SITES = ("resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out", "attn.head_out", "attn.q", "attn.k")
@@ -53,7 +53,7 @@ def pair(model, clean, corrupted) -> tuple[Batch, Batch]:
         raise ArgumentError(f"clean, corrupted: expected inputs of one shape (same number of tokens), found "
                             f"{clean.shape} and {corrupted.shape}")
     for name, batch in (("clean", clean), ("corrupted", corrupted)):
-        positions, mask = np.asarray(batch.positions), np.asarray(batch.mask)
+        positions, mask = to_host(batch.positions), to_host(batch.mask)
         misplaced = mask & (positions != np.arange(positions.shape[1]))
         if misplaced.any():  # activations are written by absolute position, read from a run by slot
             row, slot = (int(i[0]) for i in np.nonzero(misplaced))
@@ -84,15 +84,16 @@ def first_changed_slots(source: Batch, target: Batch, cells: dict[str, np.ndarra
     where the two inputs differ in any row (every site agrees before it), nor, for a cell with a
     position, before the first slot that holds that position or a later one in any row. At most the
     last slot, so that a continuation from it runs at least one."""
-    source, target = (jax.tree.map(np.asarray, b) for b in (source, target))
-    slots = target.tokens.shape[1]
-    differ = ((source.tokens != target.tokens) | (source.mask != target.mask)
-              | (source.positions != target.positions)).any(axis=0)
+    fields = ("tokens", "mask", "positions")
+    read = lambda batch: {name: to_host(getattr(batch, name)) for name in fields}  # noqa: E731
+    source, target = read(source), read(target)
+    slots = target["tokens"].shape[1]
+    differ = np.any([source[name] != target[name] for name in fields], axis=0).any(axis=0)
     first = int(np.argmax(differ)) if differ.any() else slots - 1
     count = len(next(iter(cells.values())))
     if "position" not in cells:
         return np.full(count, first, np.int64)
-    reaches = (target.mask[None] & (target.positions[None] >= cells["position"][:, None, None])).any(axis=1)
+    reaches = (target["mask"][None] & (target["positions"][None] >= cells["position"][:, None, None])).any(axis=1)
     at = np.where(reaches.any(axis=1), np.argmax(reaches, axis=1), slots - 1)
     return np.minimum(np.maximum(first, at), slots - 1)
 

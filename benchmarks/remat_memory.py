@@ -6,13 +6,16 @@ Each measurement runs in a fresh subprocess: the gradient of the last token's lo
 with respect to every block's `resid_post` (30 sites) on a `--tokens`-token input, plain and
 with `remat=True`, and a subprocess that only loads the model. Prints each peak resident set
 size (ru_maxrss), the growth over the loaded model, their ratio, the wall time, and the
-largest difference between the two gradients (remat recomputes, it must not change values).
+largest difference between the two gradients (remat recomputes, it must not change values),
+and writes them to `--out` (results/remat_memory/results.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -42,6 +45,7 @@ def measure(tokens: int, part: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--out", default="results/remat_memory/results.json")
     parser.add_argument("--part", choices=["load", "plain", "remat"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
@@ -63,6 +67,13 @@ def main() -> None:
               f"(+{growth[part]:.2f} GB), {measured[part]['seconds']:.1f} s incl. compile")
     print(f"  remat / plain, growth over the loaded model: {growth['remat'] / growth['plain']:.2f}x (target <= 0.5x)")
     print(f"  largest gradient difference: {difference:.2e} (gradient scale {scale:.2e})")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"model": "smollm2", "dtype": "float32", "tokens": args.tokens, "sites": "blocks.*.resid_post",
+                   "machine": f"{platform.machine()}, {os.cpu_count()} cores", "loaded_gb": base,
+                   "growth_gb": growth, "seconds": {part: measured[part]["seconds"] for part in growth},
+                   "remat_over_plain": growth["remat"] / growth["plain"], "max_gradient_difference": float(difference)},
+                  f, indent=1)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Without a cache the queries are their own keys; with one, the new tokens are described
 in the cache at `length` and attend every slot. Families call `frame` once per forward,
 pass `frame.ctx`, `frame.mask(window)` and `frame.write_at` to each block (through
-`call_block`, which rematerialises it when asked), and `finish` to store the blocks' new
+`call_block`, which recomputes it in the backward pass when asked), and `finish` to store the blocks' new
 key/value slots.
 """
 
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from jaxinterp.models.batch import Batch, KVCache
 from jaxinterp.models.masks import Mask, attention_mask
+from jaxinterp.models.remat import recompute_in_backward
 from jaxinterp.models.sites import Context, Tap
 
 Array = jax.Array
@@ -72,22 +73,24 @@ def finish(frame: Frame, slots: list[tuple[Array, Array] | None], length: int) -
 
 
 def call_block(block: nn.Module, x: Array, *, tap: Tap, **inputs: Any) -> tuple[Array, Any]:
-    """`block(x, tap=tap, **inputs)`; with `tap.remat`, under `jax.checkpoint` (`nn.remat`).
+    """`block(x, tap=tap, **inputs)`; with `tap.remat`, recomputed in the backward pass.
 
-    A rematerialised block keeps only its input for the backward pass and recomputes the rest,
-    so a gradient through a long sequence holds one block's activations at a time. Its sites
-    are recorded by a forked tap and handed out as outputs of the checkpointed function (a
-    record written from inside it would leak its traced values).
+    A rematerialised block keeps only its input for the backward pass and recomputes the rest
+    (`models.remat`: `jax.checkpoint` saves nothing on XLA's CPU backend), so a gradient through
+    a long sequence holds one block's activations at a time. The block runs as a pure function
+    of its parameters; its sites are recorded by a forked tap and handed out as outputs (a
+    record written from inside the recomputed function would leak its traced values).
     """
-    if not tap.remat:
+    if not tap.remat or block.is_initializing():
         return block(x, tap=tap, **inputs)
+    unbound = block.clone(parent=None)
 
-    def run(module: nn.Module, x: Array):
+    def run(variables: Any, x: Array):
         inner = tap.fork()
-        y, slots = module(x, tap=inner, **inputs)
+        y, slots = unbound.apply(variables, x, tap=inner, **inputs)
         return y, slots, inner.captured, inner.finite
 
-    y, slots, captured, finite = nn.remat(run)(block, x)
+    y, slots, captured, finite = recompute_in_backward(run)(block.variables, x)
     tap.captured.update(captured)
     tap.finite.update(finite)
     return y, slots

@@ -183,3 +183,30 @@ def test_text_deletion_equals_one_forward_per_retokenised_prompt(smollm2):
     assert list(np.asarray(game.tokens[0])[kept]) != retokenised  # why `text` is the default
     with pytest.raises(ji.ArgumentError, match="deletion"):
         sl.coalition_values(model, game, masks, deletion="characters")
+
+
+def test_text_rows_continue_the_full_prompt_cache(smollm2, monkeypatch):
+    """Rows continued from their problem's cached full prompt (any number of prefix buckets) score
+    what one forward per re-tokenised prompt scores, and the continuation does start late."""
+    model, tokenizer = smollm2, smollm2.tokenizer  # a real model: its answers are right, so the values are not 0
+    demo = "Q: Sara has 2 pens and gets 3 more, then 4 more.\nA: 2 + 3 = 5. 5 + 4 = 9. The answer is 9.\n\n"
+    tests = [("Sara has 2 pens and gets 3 more, then 4 more.", "9"), ("Tom has 2 pens and gets 3 more.", "5")]
+    game, _ = sl.build_game(tokenizer, demo, tests)
+    masks = np.array([[True, True], [True, False], [False, True], [False, False]])
+    expected = np.zeros((len(masks), len(tests)))
+    for m, keep in enumerate(masks):
+        for p in range(len(tests)):
+            prompt, text = game.source.prompt(p, keep)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            positions = np.arange(len(tokenizer(prompt, add_special_tokens=False)["input_ids"]), len(ids))
+            expected[m, p] = sl.answer_value(model(np.array([ids], np.int32))[0], positions, np.array(ids)[positions],
+                                             np.ones(len(positions), bool), "logit")
+    assert np.count_nonzero(expected) >= 3  # the 135M model answers the repeated question
+    resume, starts = sl.prefix.resume, set()
+    monkeypatch.setattr(sl.prefix, "resume", lambda *args, **kwargs: starts.add(args[3]) or resume(*args, **kwargs))
+    for buckets in (1, 2, 8):
+        values = sl.coalition_values(model, game, masks, confidence="logit", chunk_size=3, prefix_buckets=buckets)
+        np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-5)
+    assert len(starts) > 2 and min(starts) > 10  # the demonstration's opening is never recomputed
+    with pytest.raises(ji.ArgumentError, match="prefix_buckets"):
+        sl.coalition_values(model, game, masks, prefix_buckets=0)

@@ -46,7 +46,7 @@ from jaxinterp import prefix
 from jaxinterp.errors import ArgumentError
 from jaxinterp.methods import shapley
 from jaxinterp.models import Batch, make_batch
-from jaxinterp.sweep import DEFAULT_BUDGET, sweep
+from jaxinterp.sweep import DEFAULT_BUDGET
 
 Array = jax.Array
 METHODS = ("ablation", "shapley", "exact", "kernel_shap", "lime", "salama")
@@ -258,7 +258,7 @@ class _PrefixTrie:
         self.base, self.firsts, self.starts = base, firsts, starts
         self.memory_budget, self.progress = memory_budget, progress
         prompt = prefix.cached_run(model, base) if starts[-1] else None
-        self.programs = [_coalition_value(model, feature_of, score, removal, fill, start, prompt) for start in starts]
+        self.programs = {start: _coalition_value(model, feature_of, score, removal, fill, start, prompt) for start in starts}
         self.served = self.slots = 0
 
     @property
@@ -268,17 +268,9 @@ class _PrefixTrie:
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         masks = np.asarray(masks, bool)
         removed_at = np.where(~masks, self.firsts[None], np.iinfo(np.int32).max).min(axis=1)
-        bucket = prefix.bucket_of(removed_at, self.starts)
-        out = np.empty(len(masks), np.float64)
-        for k, (start, program) in enumerate(zip(self.starts, self.programs)):
-            rows = np.flatnonzero(bucket == k)
-            if not rows.size:
-                continue
-            padded = np.concatenate([rows, np.repeat(rows[-1:], prefix.padded_count(rows.size) - rows.size)])
-            scored = sweep(program, self.base, jnp.asarray(masks[padded]), memory_budget=self.memory_budget,
-                           progress=self.progress)
-            out[rows] = np.asarray(scored, np.float64)[:rows.size]
-            self.served += start * rows.size
+        out = prefix.sweep_buckets(self.programs.__getitem__, self.base, masks, removed_at, self.starts,
+                                   memory_budget=self.memory_budget, progress=self.progress)
+        self.served += int(np.asarray(self.starts)[prefix.bucket_of(removed_at, self.starts)].sum())
         self.slots += len(masks) * self.base.tokens.shape[1]
         return out
 

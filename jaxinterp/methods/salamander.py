@@ -6,10 +6,12 @@ everything else is the whiteboard, present in every coalition. A coalition promp
 the expressions outside the coalition.
 
 Batched coalitions (`deletion`): every (coalition, test problem) row is one prompt, and all rows
-are scored by one `sweep` (a vmapped, chunked forward), never one prompt at a time.
+are scored by `sweep` (a vmapped, chunked forward), never one prompt at a time.
 - `text` (default; the spec's inferred reading of the paper): the expressions outside the
   coalition are deleted from the text, which is tokenised again on the host; rows are
-  right-padded to a common width (a multiple of 16, so few widths compile).
+  right-padded to a common width (a multiple of 16, so few widths compile). A row equals its
+  problem's full prompt up to its first deleted expression, so those slots are read from the
+  full prompt's KV cache and only the rest is computed (`jaxinterp.prefix`).
 - `tokens`: the full prompt is tokenised once and each token knows its player (-1 for the
   whiteboard); deleting expressions is a token mask with positions recounted over the kept
   tokens. Everything stays on the device, but a BPE tokenizer merges the characters at a cut
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxinterp import prefix
 from jaxinterp.errors import ArgumentError
 from jaxinterp.methods import shapley
 from jaxinterp.methods.reasoning_segments import Step, token_steps
@@ -184,15 +187,18 @@ def coalition_batch(game: Game, problem: Array | int, coalition: Array) -> Batch
 
 
 def row_values(model, game: Game, problems: np.ndarray, coalitions: np.ndarray, *, deletion: str = "text",
-               confidence: str = "probability", chunk_size: int = 16, progress: bool = False) -> np.ndarray:
-    """v of R (test problem, coalition) rows: problems [R] int, coalitions [R, n] bool -> [R], as ONE
-    sweep (a vmapped forward over chunks of rows). `deletion`: `text` or `tokens` (module docstring)."""
+               confidence: str = "probability", chunk_size: int = 16, progress: bool = False,
+               prefix_buckets: int = 4) -> np.ndarray:
+    """v of R (test problem, coalition) rows: problems [R] int, coalitions [R, n] bool -> [R], by a
+    vmapped forward over chunks of rows. `deletion`: `text` or `tokens` (module docstring); with
+    `text`, each row continues its problem's full prompt from the cache (`prefix_buckets` programs)."""
     _check(deletion, confidence)
     coalitions = np.asarray(coalitions, bool)
     if coalitions.ndim != 2 or coalitions.shape[1] != game.n or len(coalitions) != len(problems):
         raise ArgumentError(f"coalitions: expected a [{len(problems)}, {game.n}] boolean array, found shape {coalitions.shape}")
     if deletion == "text":
-        return _text_values(model, _deleted_rows(game, problems, coalitions), confidence, chunk_size, progress)
+        return _text_values(model, _deleted_rows(game, problems, coalitions), _full_prompts(game), problems, confidence,
+                            chunk_size, progress, prefix_buckets)
 
     def value(game, row):
         p = row["problem"]
@@ -222,16 +228,49 @@ def _deleted_rows(game: Game, problems: np.ndarray, coalitions: np.ndarray) -> l
     return rows
 
 
-def _text_values(model, rows: Sequence[tuple[list[int], list[int]]], confidence: str, chunk_size: int,
-                 progress: bool) -> np.ndarray:
-    """v of each tokenised prompt row, one sweep over the right-padded rows."""
+def _full_prompts(game: Game) -> list[tuple[list[int], list[int]]]:
+    """(ids, answer indices) of each test problem's prompt with every expression kept."""
+    problems = game.tokens.shape[0]
+    return _deleted_rows(game, np.arange(problems), np.ones((problems, game.n), bool))
 
-    def value(_, row):
-        logits = model(make_batch(row["tokens"][None], row["mask"][None]))[0]
-        return answer_value(logits, row["answer_positions"], row["answer_tokens"], row["answer_mask"], confidence)
 
-    return np.asarray(sweep(value, None, _padded(rows, multiple=16), chunk_size=chunk_size, progress=progress),
-                      np.float64)
+def _text_values(model, rows: Sequence[tuple[list[int], list[int]]], references: Sequence[tuple[list[int], list[int]]],
+                 reference_of: np.ndarray, confidence: str, chunk_size: int, progress: bool,
+                 prefix_buckets: int) -> np.ndarray:
+    """v of each tokenised prompt row, continuing each from its reference's cached run.
+
+    `references` are the full prompts (every expression kept), `reference_of` [R] each row's. A row
+    equals its reference up to its first deleted expression (and the tokens the tokenizer merges
+    there), so in a causal model those slots come from the reference's KV cache and only the rest
+    runs (`jaxinterp.prefix`; the common-prefix starts are bucketed to `prefix_buckets` programs).
+    The slot that predicts the first answer token is always computed.
+    """
+    prefix.check_buckets(prefix_buckets)
+    arrays = _padded(list(rows) + list(references), multiple=16)
+    count = len(rows)
+    mine = {name: np.asarray(x[:count]) for name, x in arrays.items()}
+    theirs = {name: x[count:] for name, x in arrays.items()}
+    reference_of = np.asarray(reference_of, np.int32)
+    starts = np.zeros(count, np.int64)
+    if prefix.shares_prefix(model):
+        shared = prefix.common_prefix_lengths(mine["tokens"], mine["mask"], np.asarray(theirs["tokens"])[reference_of],
+                                              np.asarray(theirs["mask"])[reference_of])
+        starts = np.minimum(shared, mine["answer_positions"][:, 0] - 1)
+    buckets = prefix.bucket_starts(starts, prefix_buckets)
+    caches = prefix.cached_rows(model, theirs["tokens"], theirs["mask"]) if buckets[-1] else None
+
+    def program(start: int):
+        def value(caches, row):
+            batch = make_batch(row["tokens"][None], row["mask"][None])
+            if start:
+                logits = prefix.resume(model, prefix.cache_row(caches, row["reference"]), batch, start, whole=False).logits[0]
+            else:
+                logits = model(batch)[0]
+            return answer_value(logits, row["answer_positions"] - start, row["answer_tokens"], row["answer_mask"], confidence)
+        return value
+
+    return prefix.sweep_buckets(program, caches, {**mine, "reference": reference_of}, starts, buckets,
+                                chunk_size=chunk_size, progress=progress)
 
 
 def coalition_values(model, game: Game, coalitions: np.ndarray, **options) -> np.ndarray:
@@ -306,12 +345,13 @@ class Attribution:
 
 def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama", deletion: str = "text",
               confidence: str = "probability", chunk_size: int = 16, progress: bool = False,
-              **options) -> Attribution | list[Attribution]:
+              prefix_buckets: int = 4, **options) -> Attribution | list[Attribution]:
     """Shapley values of the expressions of one game (or of each of several) with one of
     `shapley.ESTIMATORS` (SalaMA by default; `options` such as m, seed, permutations, samples go to
     the estimator). The coalitions every estimator asks for are gathered first (estimators are
     deterministic given their seed), then every distinct (game, coalition, problem) row is scored
-    in one sweep (`deletion` as in `row_values`), and the estimators re-run on the memo tables."""
+    in one sweep per prefix bucket (`deletion` and `prefix_buckets` as in `row_values`), and the
+    estimators re-run on the memo tables."""
     if estimator not in shapley.ESTIMATORS:
         raise ArgumentError(f"estimator: expected one of {sorted(shapley.ESTIMATORS)}, found {estimator!r}")
     _check(deletion, confidence)
@@ -326,7 +366,10 @@ def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama",
             for game, masks in zip(games, wanted)]
     if deletion == "text":
         encoded = [row for game, (problems, masks) in zip(games, rows) for row in _deleted_rows(game, problems, masks)]
-        values = _text_values(model, encoded, confidence, chunk_size, progress)
+        offsets = np.cumsum([0] + [game.tokens.shape[0] for game in games[:-1]])
+        references = [row for game in games for row in _full_prompts(game)]
+        reference_of = np.concatenate([offset + problems for offset, (problems, _) in zip(offsets, rows)])
+        values = _text_values(model, encoded, references, reference_of, confidence, chunk_size, progress, prefix_buckets)
     else:
         merged, offsets = merge_games(games)
         values = row_values(model, merged, np.concatenate([offset + p for offset, (p, _) in zip(offsets, rows)]),

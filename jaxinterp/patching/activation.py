@@ -23,7 +23,7 @@ from jaxinterp.edits import PatchLayer
 from jaxinterp.patching.grid import first_changed_slots, grid_for, labels, pair
 from jaxinterp.patching.metrics import Metric
 from jaxinterp.patching.result import PatchingResult
-from jaxinterp.sweep import DEFAULT_BUDGET, sweep
+from jaxinterp.sweep import DEFAULT_BUDGET
 
 
 def activation_patching(
@@ -67,15 +67,11 @@ def activation_patching(
             return metric(prefix.resume(model, target_run, batch, start, edits=edit))
         return patched
 
-    out = np.empty(len(starts), np.float32)
-    bucket = prefix.bucket_of(starts, buckets)
-    for k, start in enumerate(buckets):
-        rows = np.flatnonzero(bucket == k)
-        out[rows] = np.asarray(sweep(cell_value(start), target, {axis: index[rows] for axis, index in cells.items()},
-                                     chunk_size=chunk_size, memory_budget=memory_budget, progress=progress))
+    out = prefix.sweep_buckets(cell_value, target, cells, starts, buckets, chunk_size=chunk_size,
+                               memory_budget=memory_budget, progress=progress)
     clean_value, corrupted_value = (baselines["target"], baselines["source"]) if noising else (baselines["source"], baselines["target"])
     return PatchingResult(
-        values=out.reshape(grid.shape), axes=grid.axes, labels=labels(model, clean, grid),
+        values=out.astype(np.float32).reshape(grid.shape), axes=grid.axes, labels=labels(model, clean, grid),
         site=site, metric=getattr(metric, "label", "metric"), clean=clean_value, corrupted=corrupted_value,
         method="activation patching (corrupted into clean)" if noising else "activation patching (clean into corrupted)",
     )

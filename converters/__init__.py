@@ -6,7 +6,8 @@ found through `models.registry`). This package holds the checkpoint formats' rea
 converter checks the whole checkpoint against the map before reading data (missing,
 unexpected and wrongly shaped tensors are errors that name the file and the tensor), then
 reads, transforms and casts one tensor at a time, so that at most one tensor exists in two
-copies at once. A model is converted whole or not at all.
+copies at once; with a `put` that places tensors into shards, a format that can read slices
+(safetensors) hands it a lazy view, and each process reads only its devices' slices. A model is converted whole or not at all.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def convert(
     *,
     dtype: Any = jnp.float32,
     progress: bool = True,
-    put: Callable[[str, Any], Any] | None = None,
+    put: Callable[[str, Any, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Converts a checkpoint into the nested parameter dict of `config`'s family.
 
@@ -103,8 +104,10 @@ def convert(
       expected: flattened parameter path -> ShapeDtypeStruct (from the model's init).
       dtype: parameter dtype of the result.
       progress: show a progress bar.
-      put: `put(path, value)` places each converted tensor (already in `dtype`), e.g. straight
-        into its shards; default: a copy on the default device.
+      put: `put(path, value, dtype)` places each converted tensor, e.g. straight into its shards;
+        `value` may be a lazy view of the file (a format with `lazy`, such as safetensors), of
+        which `put` reads only the slices it needs, casting them to `dtype`. Default: the whole
+        tensor, read and cast, on the default device.
     """
     names = registry.checkpoint_names(config, checkpoint.hf_config.get("model_type"))
     tensors = checkpoint.tensors
@@ -121,9 +124,12 @@ def convert(
     for path, (name, layout) in tqdm(
         table.items(), desc=f"converting {os.path.basename(checkpoint.description)}", unit="tensor", disable=not progress, leave=False
     ):
-        value = layout.apply(tensors.get(name), tuple(expected[path].shape))
-        params[path] = jnp.array(value, dtype=dtype) if put is None else put(path, value.astype(jnp.dtype(dtype)))
-        del value
+        lazy = getattr(tensors, "lazy", None) if put is not None else None
+        stored = lazy(name) if lazy is not None else None
+        stored = tensors.get(name) if stored is None else stored
+        value = layout.apply(stored, tuple(expected[path].shape))  # a view of a lazy tensor: nothing read yet
+        params[path] = jnp.array(value, dtype=dtype) if put is None else put(path, value, jnp.dtype(dtype))
+        del value, stored
     return unflatten(params)
 
 

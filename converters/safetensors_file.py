@@ -7,7 +7,8 @@ itemsize, and the ranges must tile the data exactly (no overlap, no gap, nothing
 last tensor), as the reference `safetensors` reader requires. Names must be printable and
 found values are escaped and shortened in messages, so an error cannot drive a terminal. No size read from the file is allocated before it
 has been checked against the file's own size. Tensors are then read lazily from a memory map, one at a time, so a
-converter never holds a second copy of the checkpoint.
+converter never holds a second copy of the checkpoint. A sharded load instead takes a
+`lazy` view (a memory map of one tensor) and copies out only its devices' slices.
 """
 
 from __future__ import annotations
@@ -136,3 +137,12 @@ class SafetensorsFile:
         if got != size:  # the file shrank after its header was checked
             raise self._fail(f"tensor {name}", f"data ends {size - got} bytes early: the file was truncated while open")
         return raw.view(entry["dtype"]).reshape(entry["shape"])
+
+    def lazy(self, name: str) -> np.ndarray | None:
+        """A read-only memory map of one tensor: indexing it reads only the pages of the slice
+        (a process copies out its devices' shards and drops the map). None for an empty tensor."""
+        entry = self._entries[name]
+        if entry["end"] == entry["begin"]:
+            return None
+        return np.memmap(self.path, dtype=entry["dtype"], mode="r", offset=self._data_start + entry["begin"],
+                         shape=entry["shape"])

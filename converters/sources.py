@@ -134,6 +134,12 @@ class ShardedSource:
     def get(self, name: str) -> np.ndarray:
         return self._owner[name].get(name)
 
+    def lazy(self, name: str) -> np.ndarray | None:
+        """A read-only view of the tensor in its file that reads only what is indexed (None when
+        the file's format has none: its tensors are read whole by `get`)."""
+        lazy = getattr(self._owner[name], "lazy", None)
+        return lazy(name) if lazy is not None else None
+
 
 class RenamedSource:
     """A source whose tensor names pass through `rename` (e.g. an older checkpoint layout)."""
@@ -155,6 +161,9 @@ class RenamedSource:
 
     def get(self, name: str) -> np.ndarray:
         return self.source.get(self._original[name])
+
+    def lazy(self, name: str) -> np.ndarray | None:
+        return self.source.lazy(self._original[name])
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from jaxinterp import cache, models
@@ -57,6 +58,25 @@ class _Layout:
         return model if self.mesh is None else shard(model, self.mesh, self.strategy, axis=self.axis)
 
 
+def read_slice(value: Any, index: tuple[slice, ...], dtype: Any) -> np.ndarray:
+    """`value[index]` in `dtype`, its own copy (of a lazy view: read from the file here)."""
+    return np.asarray(value[index]).astype(dtype)
+
+
+def place(value: Any, sharding: NamedSharding, dtype: Any) -> jax.Array:
+    """`value` (an array or a lazy view of a checkpoint file) as a global array with `sharding`,
+    reading only the slices of this process's devices (each distinct slice once)."""
+    slices: dict[str, np.ndarray] = {}
+
+    def shard(index: tuple[slice, ...]) -> np.ndarray:
+        key = repr(index)  # slices are not hashable before Python 3.12
+        if key not in slices:
+            slices[key] = read_slice(value, index, dtype)
+        return slices[key]
+
+    return jax.make_array_from_callback(tuple(value.shape), sharding, shard)
+
+
 def _from_checkpoint(source: Any, dtype: Any, progress: bool, layout: _Layout | None = None) -> Model:
     """A model converted in memory from a checkpoint (with its tokenizer and image processor)."""
     layout = layout or _Layout(None, "data", None)
@@ -64,7 +84,7 @@ def _from_checkpoint(source: Any, dtype: Any, progress: bool, layout: _Layout | 
     config = models.config_from_hf(checkpoint.hf_config, source=checkpoint.config_source or checkpoint.description)
     expected = flatten(models.abstract_params(config, dtype))
     shardings = layout.shardings(config, unflatten(expected))
-    put = None if shardings is None else (lambda path, value: jax.device_put(value, shardings[path]))
+    put = None if shardings is None else (lambda path, value, dtype: place(value, shardings[path], dtype))
     params = convert_checkpoint(checkpoint, config, expected, dtype=dtype, progress=progress, put=put)
     processor = None
     if isinstance(source, (str, os.PathLike)):

@@ -1,4 +1,5 @@
-"""`load(..., mesh=...)` puts each parameter straight into its shards: same model as `shard(load(...))`."""
+"""`load(..., mesh=...)` puts each parameter straight into its shards (from safetensors, reading only
+each device's slices of the file): same model as `shard(load(...))`."""
 
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ SCRIPT = """
 """
 
 
-def test_sharded_load_equals_shard_of_load(tiny_checkpoint, tmp_path):
-    folder, _ = tiny_checkpoint("smol")
+@pytest.mark.parametrize("kind", ["smol", "gpt2"])  # gpt2: fused q/k/v columns read slice by slice
+def test_sharded_load_equals_shard_of_load(tiny_checkpoint, tmp_path, kind):
+    folder, _ = tiny_checkpoint(kind)
     script = SCRIPT.replace("FOLDER", repr(folder)).replace("CONVERTED", repr(str(tmp_path / "converted")))
     results = json.loads(run_python(script).strip().splitlines()[-1])
     assert len(results) == 4

@@ -61,9 +61,10 @@ def test_grad_matches_central_finite_difference(smollm2):
     analytic = float(jnp.vdot(grads[site], direction))
     assert abs(analytic) > 1e-2
     assert abs(finite - analytic) <= 1e-3 * abs(analytic)
-    # forward mode has no step: the reverse-mode gradient equals the directional derivative
+    # forward mode has no step: the reverse-mode gradient equals the directional derivative, up to
+    # float32 summation order over 30 blocks (1.5e-5 relative seen on a 2-worker run)
     _, forward = jax.jvp(lambda scale: objective(smollm2.run(TEXT, deltas={site: scale * direction})), (0.0,), (1.0,))
-    assert abs(float(forward) - analytic) <= 1e-5 * abs(analytic)
+    assert abs(float(forward) - analytic) <= 1e-4 * abs(analytic)
     assert np.isclose(float(value), at(0.0), atol=1e-5)
 
 

@@ -7,7 +7,8 @@ converter checks the whole checkpoint against the map before reading data (missi
 unexpected and wrongly shaped tensors are errors that name the file and the tensor), then
 reads, transforms and casts one tensor at a time, so that at most one tensor exists in two
 copies at once; with a `put` that places tensors into shards, a format that can read slices
-(safetensors) hands it a lazy view, and each process reads only its devices' slices. A model is converted whole or not at all.
+(safetensors) hands it a lazy view, and each process reads only its devices' slices. A model
+is converted whole or not at all.
 """
 
 from __future__ import annotations
@@ -124,8 +125,7 @@ def convert(
     for path, (name, layout) in tqdm(
         table.items(), desc=f"converting {os.path.basename(checkpoint.description)}", unit="tensor", disable=not progress, leave=False
     ):
-        lazy = getattr(tensors, "lazy", None) if put is not None else None
-        stored = lazy(name) if lazy is not None else None
+        stored = tensors.lazy(name) if put is not None and hasattr(tensors, "lazy") else None
         stored = tensors.get(name) if stored is None else stored
         value = layout.apply(stored, tuple(expected[path].shape))  # a view of a lazy tensor: nothing read yet
         params[path] = jnp.array(value, dtype=dtype) if put is None else put(path, value, jnp.dtype(dtype))

@@ -6,9 +6,9 @@ of non-negative integers and a data range inside the file whose size equals shap
 itemsize, and the ranges must tile the data exactly (no overlap, no gap, nothing after the
 last tensor), as the reference `safetensors` reader requires. Names must be printable and
 found values are escaped and shortened in messages, so an error cannot drive a terminal. No size read from the file is allocated before it
-has been checked against the file's own size. Tensors are then read lazily from a memory map, one at a time, so a
-converter never holds a second copy of the checkpoint. A sharded load instead takes a
-`lazy` view (a memory map of one tensor) and copies out only its devices' slices.
+has been checked against the file's own size. Tensors are then read one at a time into their own
+buffers (`get`), so a converter never holds a second copy of the checkpoint; a sharded load instead
+takes a `lazy` view (a memory map of one tensor) and copies out only its devices' slices.
 """
 
 from __future__ import annotations

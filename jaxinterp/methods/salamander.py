@@ -229,9 +229,11 @@ def _deleted_rows(game: Game, problems: np.ndarray, coalitions: np.ndarray) -> l
 
 
 def _full_prompts(game: Game) -> list[tuple[list[int], list[int]]]:
-    """(ids, answer indices) of each test problem's prompt with every expression kept."""
-    problems = game.tokens.shape[0]
-    return _deleted_rows(game, np.arange(problems), np.ones((problems, game.n), bool))
+    """(ids, answer indices) of each test problem's prompt with every expression kept: the game's
+    own right-padded rows (`build_game` tokenised them), not tokenised again."""
+    tokens, mask = np.asarray(game.tokens), np.asarray(game.mask)
+    answers, answer_mask = np.asarray(game.answer_positions), np.asarray(game.answer_mask)
+    return [(row[kept].tolist(), at[used].tolist()) for row, kept, at, used in zip(tokens, mask, answers, answer_mask)]
 
 
 def _text_values(model, rows: Sequence[tuple[list[int], list[int]]], references: Sequence[tuple[list[int], list[int]]],

@@ -1,9 +1,12 @@
-"""Shared helpers of the benchmarks: timing, the PyTorch reference, a fixed prompt."""
+"""Shared helpers of the benchmarks: timing, the PyTorch reference, a fixed prompt, where and how results are recorded."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -45,3 +48,32 @@ def prompt_tokens(tokenizer, length: int) -> np.ndarray:
     )
     ids = tokenizer(text * 64)["input_ids"]
     return np.array([ids[:length]], np.int32)
+
+
+def machine() -> dict[str, object]:
+    """Where the figures were measured: platform, cores, CPU model and the instruction sets that
+    change the picture (bfloat16 products run natively only with AVX512-BF16 or AMX), devices."""
+    import jax
+
+    cpu, flags = platform.processor(), []
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            lines = info.read().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    found = {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu,
+             "cpu_features": [flag for flag in wanted if flag in flags],
+             "jax": jax.__version__, "jax_device": jax.devices()[0].device_kind}
+    if "torch" in sys.modules:  # the reference side, where the benchmark ran one
+        torch = sys.modules["torch"]
+        found.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return found
+
+
+def write_results(path: str, results: dict) -> None:
+    """Write `results` (with `machine()` added) as indented JSON to `path`, creating its folder."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"machine": machine(), **results}, f, indent=1)
+    print(f"wrote {path}")

@@ -7,7 +7,7 @@ attention path against the materialised one (an identity edit on every layer's
 `attn.probs` forces the latter): time and the compiled program's temporary memory.
 Figures depend on the machine; compare ratios, not seconds.
 
-    python -m benchmarks.forward [--tokens 128 1024] [--repeats 10]
+    python -m benchmarks.forward [--tokens 128 1024] [--repeats 10] [--out results/forward/results.json]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 import jaxinterp
-from benchmarks.common import median_seconds, prompt_tokens, torch_reference
+from benchmarks.common import median_seconds, prompt_tokens, torch_reference, write_results
 
 LOAD_SCRIPT = "import time; t = time.perf_counter(); import jaxinterp; m = jaxinterp.load('smollm2', progress=False); print(time.perf_counter() - t)"
 
@@ -68,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="results/forward/results.json")
     args = parser.parse_args()
 
     jaxinterp.load("smollm2", progress=False)  # make sure the cache entry exists
@@ -76,24 +77,29 @@ def main() -> None:
     print(f"load('smollm2') from the cache, fresh process (incl. import): median {np.median(load_times):.2f} s")
     print(f"forward, batch 1, {jax.devices()[0].platform}:")
     print(f"{'dtype':10s} {'tokens':>6s} {'ours (ms)':>10s} {'torch (ms)':>11s} {'speed-up':>9s} {'compile (s)':>12s}")
-    ours_ms = {}
+    ours_ms, rows = {}, []
     for dtype in ("float32", "bfloat16"):
         model = jaxinterp.load("smollm2", dtype=dtype, progress=False)
         reference = torch_reference(dtype)
         for tokens in args.tokens:
             r = bench(model, reference, prompt_tokens(model.tokenizer, tokens), args.repeats)
             ours_ms[dtype, tokens] = 1e3 * r["ours_s"]
+            rows.append({"dtype": dtype, "tokens": tokens, **r})
             print(f"{dtype:10s} {tokens:6d} {1e3 * r['ours_s']:10.1f} {1e3 * r['torch_s']:11.1f} "
                   f"{r['speedup']:8.2f}x {r['first_call_s']:12.2f}")
         del reference
-    for tokens in args.tokens:
-        print(f"bfloat16 vs our float32 at {tokens} tokens: {ours_ms['float32', tokens] / ours_ms['bfloat16', tokens]:.2f}x")
+    bf16_over_f32 = {tokens: ours_ms["float32", tokens] / ours_ms["bfloat16", tokens] for tokens in args.tokens}
+    for tokens, ratio in bf16_over_f32.items():
+        print(f"bfloat16 vs our float32 at {tokens} tokens: {ratio:.2f}x")
     longest = max(args.tokens)
     model = jaxinterp.load("smollm2", progress=False)
-    r = attention_paths(model, prompt_tokens(model.tokenizer, longest), args.repeats)
-    print(f"attention at {longest} tokens, float32: fused {1e3 * r['fused_s']:.1f} ms, "
-          f"materialised {1e3 * r['materialised_s']:.1f} ms ({r['materialised_s'] / r['fused_s']:.2f}x); "
-          f"temporary memory fused {r['fused_temp_mb']:.0f} MiB, materialised {r['materialised_temp_mb']:.0f} MiB")
+    paths = attention_paths(model, prompt_tokens(model.tokenizer, longest), args.repeats)
+    print(f"attention at {longest} tokens, float32: fused {1e3 * paths['fused_s']:.1f} ms, "
+          f"materialised {1e3 * paths['materialised_s']:.1f} ms ({paths['materialised_s'] / paths['fused_s']:.2f}x); "
+          f"temporary memory fused {paths['fused_temp_mb']:.0f} MiB, materialised {paths['materialised_temp_mb']:.0f} MiB")
+    write_results(args.out, {"model": "smollm2", "batch": 1, "load_from_cache_s": float(np.median(load_times)),
+                             "forward": rows, "bfloat16_over_float32": bf16_over_f32,
+                             "attention_paths": {"tokens": longest, **paths}})
 
 
 if __name__ == "__main__":

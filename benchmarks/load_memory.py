@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from benchmarks.common import write_results
 
 MEASURE = """
 import json, os, resource, sys, time
@@ -77,15 +78,12 @@ def main() -> None:
         # in its own process: a child's ru_maxrss starts from its parent's peak, which torch would raise
         subprocess.run([sys.executable, "-c", "import sys; from benchmarks.load_memory import write_checkpoint; "
                         "write_checkpoint(sys.argv[1])", args.folder], check=True)
-    results = {"machine": platform.platform(), "cpus": os.cpu_count()}
+    results = {}
     for name, script in (("whole", MEASURE), ("sharded", SHARDED)):
         out = subprocess.run([sys.executable, "-c", script, args.folder], check=True, capture_output=True, text=True).stdout
         print("\n".join(out.strip().splitlines()[:-1]))
         results[name] = json.loads(out.strip().splitlines()[-1])
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
-import os
-import platform
 import tempfile
 import time
 
@@ -27,7 +24,7 @@ import jax
 import numpy as np
 
 import jaxinterp
-from benchmarks.common import prompt_tokens, torch_reference
+from benchmarks.common import prompt_tokens, torch_reference, write_results
 from jaxinterp import patching
 
 
@@ -87,14 +84,6 @@ def transformer_lens_grid(bridge, clean: np.ndarray, corrupted: np.ndarray, answ
     return grid.numpy()
 
 
-def machine() -> dict[str, object]:
-    """Where the figures were measured."""
-    import torch
-
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax_device": jax.devices()[0].device_kind,
-            "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=20)
@@ -123,7 +112,7 @@ def main() -> None:
     torch_time, expected = seconds(lambda: torch_grid(reference, clean, corrupted, layers, answer, wrong))
     cells = layers * args.tokens
     results = {
-        "machine": machine(), "model": "smollm2", "site": "resid_pre", "layers": layers, "tokens": args.tokens, "cells": cells,
+        "model": "smollm2", "site": "resid_pre", "layers": layers, "tokens": args.tokens, "cells": cells,
         "jaxinterp_first_s": first, "jaxinterp_s": again, "attribution_first_s": first_atp, "attribution_s": again_atp,
         "torch_hook_loop_s": torch_time, "speedup_vs_torch_hook_loop": torch_time / again,
         "speedup_vs_torch_hook_loop_with_compile": torch_time / first, "attribution_vs_grid": again / again_atp,
@@ -151,10 +140,7 @@ def main() -> None:
           f"x{again / again_atp:.1f} faster than the exact grid, correlation {results['attribution_correlation']:.3f}")
     print(f"  max |ours - PyTorch| over the grid: {results['max_abs_difference_torch']:.2e} "
           f"(metric range {results['metric_range']:.2f})")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 if __name__ == "__main__":
     main()

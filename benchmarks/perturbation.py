@@ -17,15 +17,13 @@ the permutation counts each side affords in the same wall time.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 
 import numpy as np
 
 import jaxinterp
 from jaxinterp.attribution.feature_attribution import feature_attribution
+from benchmarks.common import write_results
 
 INSTRUCTION = ("You are a careful assistant who solves short word problems about everyday sums. Read each "
                "worked example, notice how the two amounts are added, and then answer the last question in the "
@@ -74,7 +72,7 @@ def main() -> None:
     answer = " 19."
     length = len(model.tokenizer(prompt)["input_ids"])
     print(f"prompt: {length} tokens, {len(features)} features, answer {answer!r}")
-    results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "model": "smollm2",
+    results = {"model": "smollm2",
                "prompt_tokens": length, "features": len(features), "permutations": args.permutations, "methods": {}}
     reference = torch_reference("float32")
     rows = []
@@ -110,10 +108,7 @@ def main() -> None:
             error = float(np.abs(sampled - exact).mean())
             print(f"  {label:16s}: {max(count, 2):4d} permutations, mean |error| vs exact {error:.4f}")
             results.setdefault("error_vs_exact", {})[label] = {"permutations": max(count, 2), "mean_abs_error": error}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from benchmarks.common import write_results
 
 
 def measure(tokens: int, part: str) -> dict:
@@ -67,13 +67,10 @@ def main() -> None:
               f"(+{growth[part]:.2f} GB), {measured[part]['seconds']:.1f} s incl. compile")
     print(f"  remat / plain, growth over the loaded model: {growth['remat'] / growth['plain']:.2f}x (target <= 0.5x)")
     print(f"  largest gradient difference: {difference:.2e} (gradient scale {scale:.2e})")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"model": "smollm2", "dtype": "float32", "tokens": args.tokens, "sites": "blocks.*.resid_post",
-                   "machine": f"{platform.machine()}, {os.cpu_count()} cores", "loaded_gb": base,
-                   "growth_gb": growth, "seconds": {part: measured[part]["seconds"] for part in growth},
-                   "remat_over_plain": growth["remat"] / growth["plain"], "max_gradient_difference": float(difference)},
-                  f, indent=1)
+    write_results(args.out, {
+        "model": "smollm2", "dtype": "float32", "tokens": args.tokens, "sites": "blocks.*.resid_post", "loaded_gb": base,
+        "growth_gb": growth, "seconds": {part: measured[part]["seconds"] for part in growth},
+        "remat_over_plain": growth["remat"] / growth["plain"], "max_gradient_difference": float(difference)})
 
 
 if __name__ == "__main__":

@@ -19,9 +19,6 @@ Writes the figures to `--out` (results/salamander_throughput/results.json).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 
 import numpy as np
@@ -31,6 +28,8 @@ from jaxinterp.data.reasoning_gym import chain_problems
 from jaxinterp.methods import salamander as sl
 from jaxinterp.methods import shapley
 from jaxinterp.models import make_batch
+
+from benchmarks.common import write_results
 
 
 def one_at_a_time(model, demo: str, tests, width: int):
@@ -90,15 +89,12 @@ def main() -> None:
     naive_s, _ = timed(lambda: shapley.salama(single, n, m=25))  # every (S, S u {i}) pair, duplicates included
     print(f"  2. SalaMA m=25: batched + memo {memo_s:.1f} s ({2**n} coalitions) vs Algorithm 1 one prompt at a time "
           f"{naive_s:.1f} s -> {naive_s / memo_s:.2f}x")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"model": "smollm2", "machine": f"{platform.machine()}, {os.cpu_count()} cores", "expressions": n,
-                   "problems": len(tests), "rows": rows, "width": width,
-                   "max_value_difference": float(np.abs(batched - looped).max()),
-                   "rows_per_s": {"batched": rows / batched_s, "one_at_a_time": rows / single_s},
-                   "throughput_ratio": single_s / batched_s,
-                   "salama_seconds": {"batched_memo": memo_s, "algorithm_1": naive_s}, "salama_ratio": naive_s / memo_s},
-                  f, indent=1)
+    write_results(args.out, {
+        "model": "smollm2", "expressions": n, "problems": len(tests), "rows": rows, "width": width,
+        "max_value_difference": float(np.abs(batched - looped).max()),
+        "rows_per_s": {"batched": rows / batched_s, "one_at_a_time": rows / single_s},
+        "throughput_ratio": single_s / batched_s,
+        "salama_seconds": {"batched_memo": memo_s, "algorithm_1": naive_s}, "salama_ratio": naive_s / memo_s})
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxinterp.errors import ConfigError
 from jaxinterp.models.batch import Batch, KVCache, Output
 from jaxinterp.models.decoder import call_block, finish, frame
 from jaxinterp.models.family import FamilyConfig
 from jaxinterp.models.layers import LayerNorm, activation
-from jaxinterp.models.shell import LayerNormBlock
+from jaxinterp.models.shell import LayerNormBlock, unembed
 from jaxinterp.models.sites import Tap
 
 Array = jax.Array
@@ -114,7 +113,4 @@ class GPT2(nn.Module):
             )
             slots.append(layer_slots)
         x = tap("final_norm", LayerNorm(cfg.layer_norm_eps, name="final_norm")(x), shared.ctx)
-        head = tokens if cfg.tie_word_embeddings else self.param(
-            "lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.hidden_size))
-        logits = jnp.einsum("btd,vd->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
-        return Output(logits=tap("logits", logits, shared.ctx), hidden=x, cache=finish(shared, slots, batch.tokens.shape[1]))
+        return Output(logits=unembed(self, cfg, x, tokens, tap, shared.ctx), hidden=x, cache=finish(shared, slots, batch.tokens.shape[1]))

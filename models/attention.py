@@ -90,8 +90,9 @@ def _scores(q: Array, k: Array, allowed: Array, scale: float) -> Array:
     """
     batch, length, heads, head_dim = q.shape
     kv_heads, keys = k.shape[2], k.shape[1]
-    grouped = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)
-    grouped = grouped.reshape(batch, kv_heads, heads // kv_heads * length, head_dim)
+    group = heads // kv_heads
+    grouped = q.reshape(batch, length, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
+    grouped = grouped.reshape(batch, kv_heads, group * length, head_dim)
     scores = jnp.einsum("bkqd,bksd->bkqs", grouped, k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
     return apply_mask(scores.reshape(batch, heads, length, keys) * scale, allowed)
 
@@ -100,9 +101,10 @@ def _mix(probs: Array, v: Array) -> Array:
     """Per-head outputs [B, T, H, Dh] (in v's dtype) of probabilities [B, H, T, S] over values [B, S, KV, Dh]."""
     batch, heads, length, keys = probs.shape
     kv_heads, head_dim = v.shape[2], v.shape[3]
-    grouped = probs.reshape(batch, kv_heads, heads // kv_heads * length, keys).astype(v.dtype)
+    group = heads // kv_heads
+    grouped = probs.reshape(batch, kv_heads, group * length, keys).astype(v.dtype)
     out = jnp.einsum("bkqs,bksd->bkqd", grouped, v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
-    out = out.reshape(batch, kv_heads, heads // kv_heads, length, head_dim).transpose(0, 3, 1, 2, 4)
+    out = out.reshape(batch, kv_heads, group, length, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, length, heads, head_dim).astype(v.dtype)
 
 

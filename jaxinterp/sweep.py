@@ -67,7 +67,8 @@ def peak_bytes(jaxpr) -> int:
     return peak
 
 
-def _parse_budget(budget: int | str) -> int:
+def parse_budget(budget: int | str) -> int:
+    """Bytes of a `memory_budget` argument: an int, or a string like "2GB"."""
     if isinstance(budget, str):
         units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
         number, unit = budget[:-2], budget[-2:].upper()
@@ -109,7 +110,7 @@ def _hoisted(fn: Callable, inputs: Any, one: Any) -> tuple[Callable, list, Any]:
 
 def chunk_size_for(jaxpr, budget: int | str) -> int:
     """How many variations fit `budget` bytes, from the peak memory estimate of one (its jaxpr)."""
-    return max(1, _parse_budget(budget) // max(peak_bytes(jaxpr), 1))
+    return max(1, parse_budget(budget) // max(peak_bytes(jaxpr), 1))
 
 
 def sweep(
@@ -146,5 +147,6 @@ def sweep(
         index = jnp.minimum(jnp.arange(start, start + size), count - 1)  # the last chunk repeats its final variation
         chunk = jax.tree.map(lambda x: x[index], variations)
         out = batched(consts, inputs, place(chunk) if place else chunk)
-        results.append(jax.tree.map(lambda x: x[: min(size, count - start)], out))
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *results)
+        kept = min(size, count - start)  # (copies only where a chunk was padded or chunks must be joined)
+        results.append(out if kept == size else jax.tree.map(lambda x: x[:kept], out))
+    return results[0] if len(results) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *results)

@@ -252,3 +252,30 @@ def test_captum_agrees_on_smollm2(smollm2, smollm2_reference, method):
     assert ours.values.shape == theirs.shape
     np.testing.assert_allclose(ours.values, theirs, rtol=1e-4, atol=5e-5)
     assert np.abs(ours.values).max() > 0.1
+
+
+@pytest.mark.parametrize("removal", ["baseline", "delete"])
+def test_deep_trie_equals_full_recompute_and_beats_a_depth_one_trie(removal):
+    """Sampled Shapley over phrase features: every coalition continues its deepest shared ancestor in the
+    trie, so values equal recomputing each coalition whole, far more slots are served than continuing
+    the unperturbed prompt from the first removed feature would serve, and a memory budget of one
+    coalition's caches (no sharing between coalitions beyond the root) changes nothing."""
+    prompt = "the cat sat on a mat and the dog ran to a red house and the cat ran to a blue mat"
+    parts = ["the cat sat", "on a mat", "and the dog ran", "to a red house", "and the cat ran", "to a", "blue"]
+    kwargs = dict(features=parts, chat=True, method="shapley", samples=6, removal=removal, progress=False)
+    trie = feature_attribution(_model(), prompt, ANSWER, prefix_buckets=8, **kwargs)
+    full = feature_attribution(_model(), prompt, ANSWER, share_prefix=False, **kwargs)
+    np.testing.assert_allclose(trie.values, full.values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([trie.full, trie.empty], [full.full, full.empty], rtol=1e-5, atol=1e-5)
+    rng = np.random.default_rng(0)  # the coalitions `shapley` scores (seed 0), for the depth-one share
+    n = len(trie.features)
+    coalitions = {(np.arange(n)[:, None] != order[None, : k + 1]).all(1).tobytes() for order in
+                  (rng.permutation(n) for _ in range(6)) for k in range(-1, n)}
+    firsts = np.array([t[0] for t in trie.tokens])
+    length = len(trie.prompt_tokens) + len(trie.answer_tokens)
+    depth_one = np.mean([firsts[~np.frombuffer(c, bool)].min(initial=length) for c in coalitions]) / length
+    print(trie.prefix_share, depth_one)
+    assert trie.prefix_share > depth_one + 0.1
+    tight = feature_attribution(_model(), prompt, ANSWER, prefix_buckets=8, memory_budget=1, **kwargs)
+    np.testing.assert_allclose(tight.values, trie.values, rtol=1e-5, atol=1e-5)
+    assert tight.prefix_share < trie.prefix_share

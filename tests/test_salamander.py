@@ -77,6 +77,23 @@ def test_memo_scores_each_distinct_coalition_once_in_one_batch():
     assert calls == [16]  # nothing new to score
 
 
+def test_prefetched_coalitions_join_the_next_batch_only():
+    calls = []
+
+    def value(masks):
+        calls.append(len(masks))
+        return additive(masks)
+
+    memo = shapley.Memo(value)
+    ends = np.array([[True] * 4, [False] * 4])
+    memo.prefetch(ends)
+    assert calls == [] and memo.evaluations == 0  # nothing is scored before it is asked for
+    memo(np.eye(4, dtype=bool))
+    assert calls == [6] and memo.evaluations == 6  # the four singletons, with both ends in the same batch
+    np.testing.assert_allclose(memo(ends), additive(ends))
+    assert calls == [6]
+
+
 def test_vector_valued_games_give_one_attribution_per_problem():
     both = lambda masks: np.stack([additive(masks), 2 * additive(masks)], axis=1)  # noqa: E731
     np.testing.assert_allclose(shapley.exact(both, 4), np.stack([WEIGHTS, 2 * WEIGHTS], 1), atol=1e-12)

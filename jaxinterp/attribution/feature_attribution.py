@@ -14,16 +14,14 @@ is the target: the teacher-forced log-probability of an answer string (every ans
 of the model's own greedy answer (`target=None`), or a user function of the logits at the
 last prompt position.
 
-Every coalition has the same token shape, so all of them are scored by one compiled program:
+Every coalition has the same token shape, so a few compiled programs score all of them:
 `sweep` vmaps the perturbed forward over coalition masks in chunks fitted to `memory_budget`,
-and each distinct coalition is scored once (`shapley.Memo`). Shared prefixes are computed once:
-a coalition's tokens before its first removed feature are the unperturbed prompt's, so the prompt
-runs once into a KV cache and each coalition recomputes only the slots from its first removed
-feature on (a prefix trie of depth one, since every coalition's kept leading run is a prefix of
-the same prompt). The possible starts are bucketed to at most `prefix_buckets` lengths (one
-compiled program each; a coalition continues from the longest bucket at or before its first
-removed feature), and each bucket's coalitions are padded to 2^k or 3 * 2^k rows, so the number of
-programs stays bounded however many coalitions an estimator asks for. Estimators are those of
+and each distinct coalition is scored once (`shapley.Memo`). Shared prefixes are computed once
+(`prefix_trie.CoalitionTrie`): coalitions that agree on the leading features hold the same
+tokens up to the next one, so the tokens before the first feature run once into a KV cache,
+and the prompt is cut at up to `prefix_buckets` feature starts (a trie's levels, chosen to
+minimise the slots computed), where every distinct state of the features so far runs its
+segment once, continuing its parent's cache. Estimators are those of
 `methods/shapley.py`; occlusion (`ablation`) gives v(all) - v(all without i), as Captum's
 `FeatureAblation`; `shapley` samples permutations (pass `orders` to fix them, e.g. the ones
 Captum's `ShapleyValueSampling` draws).
@@ -46,6 +44,7 @@ from jaxinterp import prefix
 from jaxinterp.errors import ArgumentError
 from jaxinterp.methods import shapley
 from jaxinterp.models import Batch, make_batch
+from jaxinterp.prefix_trie import CoalitionTrie
 from jaxinterp.sweep import DEFAULT_BUDGET
 
 Array = jax.Array
@@ -117,7 +116,7 @@ def feature_attribution(
     seed: int = 0,
     max_new_tokens: int = 16,
     share_prefix: bool = True,
-    prefix_buckets: int = 4,
+    prefix_buckets: int = 8,
     memory_budget: int | str = DEFAULT_BUDGET,
     progress: bool = True,
 ) -> FeatureAttribution:
@@ -137,11 +136,11 @@ def feature_attribution(
       orders: explicit [P, n] permutations for `shapley` (overrides `samples` and `seed`).
       antithetic: pair each `shapley` permutation with its reverse.
       seed: seed of the sampled methods.
-      share_prefix: run the prompt once into a KV cache that every coalition continues from
-        its first removed feature (False: every coalition recomputes the whole prompt; same values).
+      share_prefix: run what coalitions share once, in a prefix trie of KV caches (False: every
+        coalition recomputes the whole prompt; same values).
         A bidirectional model shares nothing (`prefix.shares_prefix`) and ignores it.
-      prefix_buckets: at most this many prefix lengths, one compiled program each (1: only the
-        tokens before the first feature are shared).
+      prefix_buckets: at most this many levels of the prefix trie, one compiled program each (1:
+        only the tokens before the first feature are shared).
       memory_budget: bytes (or "2GB") for one chunk of coalitions (see `sweep`).
     """
     if method not in METHODS:
@@ -165,20 +164,22 @@ def feature_attribution(
     if removal == "delete" and method != "ablation" and np.all(feature_of[:len(ids)] >= 0):
         raise ArgumentError("removal: 'delete' leaves the empty coalition without any token; use removal='baseline' "
                             "or a prompt with tokens outside the features (a BOS token, a chat template)")
-    firsts = np.array([min(tokens) for tokens in members])
-    share = share_prefix and prefix.shares_prefix(model)
-    value = _PrefixTrie(model, base, feature_of, score, removal, fill, firsts,
-                        prefix.bucket_starts(firsts, prefix_buckets) if share else (0,), memory_budget, progress)
+    value = CoalitionTrie(model, base, _perturbation(feature_of, removal, fill), score,
+                          [min(tokens) for tokens in members], share=share_prefix and prefix.shares_prefix(model),
+                          levels=prefix_buckets, carry=removal == "delete", memory_budget=memory_budget,
+                          progress=progress)
     memo = shapley.Memo(value)
     n = len(members)
+    scores_empty = removal == "baseline" or method != "ablation"  # delete ablation never scores the empty one
+    ends = np.array([[True] * n, [False] * n])[:2 if scores_empty else 1]
+    memo.prefetch(ends)  # scored with the estimator's coalitions, in one trie
     values, stderr = _estimate(memo, n, method, samples, orders, antithetic, seed)
-    ends = memo(np.array([[True] * n, [False] * n])) if removal == "baseline" or method != "ablation" \
-        else np.array([memo(np.ones((1, n), bool))[0], np.nan])
+    ends = memo(ends) if scores_empty else np.array([memo(ends)[0], np.nan])
     return FeatureAttribution(
         features=tuple(names), tokens=tuple(members), values=np.asarray(values, np.float64),
         stderr=np.asarray(stderr, np.float64), full=float(ends[0]), empty=float(ends[1]), method=method,
         removal=removal, evaluations=memo.evaluations, prompt_tokens=tuple(ids), answer_tokens=tuple(answer),
-        shared_prefix=value.starts[0], prefix_share=value.share,
+        shared_prefix=value.root, prefix_share=value.share,
     )
 
 
@@ -249,62 +250,26 @@ def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
     return list(answer), log_probability
 
 
-class _PrefixTrie:
-    """The value function over coalition masks [N, n] -> [N], continuing each coalition from the
-    cached unperturbed prompt at its bucket's start (module docstring)."""
+def _perturbation(feature_of: np.ndarray, removal: str, fill: int) -> Callable[[Batch, Array], tuple[Batch, Array]]:
+    """fn(batch, coalition [n] bool) -> (the coalition's batch, [T] last kept slot at or before each slot),
+    for `prefix_trie.CoalitionTrie` (traceable): removed features' tokens become `fill`, or are deleted
+    (masked out, the kept positions renumbered); a deleted slot is never a predictor. Slots past
+    `feature_of` (the trie's padding) belong to no feature."""
 
-    def __init__(self, model: Any, base: Batch, feature_of: np.ndarray, score: Callable, removal: str, fill: int,
-                 firsts: np.ndarray, starts: tuple[int, ...], memory_budget: int | str, progress: bool):
-        self.base, self.firsts, self.starts = base, firsts, starts
-        self.memory_budget, self.progress = memory_budget, progress
-        prompt = prefix.cached_run(model, base) if starts[-1] else None
-        self.programs = {start: _coalition_value(model, feature_of, score, removal, fill, start, prompt) for start in starts}
-        self.served = self.slots = 0
-
-    @property
-    def share(self) -> float:
-        return self.served / self.slots if self.slots else 0.0
-
-    def __call__(self, masks: np.ndarray) -> np.ndarray:
-        masks = np.asarray(masks, bool)
-        removed_at = np.where(~masks, self.firsts[None], np.iinfo(np.int32).max).min(axis=1)
-        out = prefix.sweep_buckets(self.programs.__getitem__, self.base, masks, removed_at, self.starts,
-                                   memory_budget=self.memory_budget, progress=self.progress)
-        self.served += int(np.asarray(self.starts)[prefix.bucket_of(removed_at, self.starts)].sum())
-        self.slots += len(masks) * self.base.tokens.shape[1]
-        return out
-
-
-def _coalition_value(model: Any, feature_of: np.ndarray, score: Callable, removal: str, fill: int, start: int,
-                     prompt: Any) -> Callable[[Batch, Array], Array]:
-    """fn(batch, coalition [n] bool) -> the target's score of the perturbed prompt (traceable).
-
-    The first `start` slots are the unperturbed prompt's in every coalition this serves: they are
-    read from `prompt`'s KV cache (`prefix.cached_run` of the whole unperturbed prompt), and only
-    the slots after them are run (`prefix.resume`).
-    """
-    slots = jnp.arange(feature_of.shape[0])
-    feature_of = jnp.asarray(feature_of)
-
-    def value(batch: Batch, coalition: Array) -> Array:
+    def perturb(batch: Batch, coalition: Array) -> tuple[Batch, Array]:
         chex.assert_rank(coalition, 1)
-        kept = jnp.where(feature_of >= 0, coalition[jnp.maximum(feature_of, 0)], True)
+        slots = jnp.arange(batch.tokens.shape[1])
+        feature_of_slot = jnp.pad(jnp.asarray(feature_of), (0, len(slots) - len(feature_of)), constant_values=-1)
+        kept = jnp.where(feature_of_slot >= 0, coalition[jnp.maximum(feature_of_slot, 0)], True)
         if removal == "baseline":
             batch = batch.replace(tokens=jnp.where(kept[None], batch.tokens, fill))
             kept = jnp.ones_like(kept)
         else:
             mask = batch.mask & kept[None]
             batch = batch.replace(mask=mask, positions=jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0))
-        # slot j is predicted by the last kept slot before it (a deleted token predicts nothing)
-        last_kept = jax.lax.cummax(jnp.where(kept, slots, 0))
-        predictors = jnp.concatenate([jnp.zeros(1, slots.dtype), last_kept[:-1]])
-        if not start:
-            return score(model(batch), batch.tokens, predictors)[0]
-        rest = prefix.resume(model, prompt, batch, start, whole=False).logits
-        logits = jnp.concatenate([prompt.logits[:, start - 1:start], rest], axis=1)  # from slot start - 1
-        return score(logits, batch.tokens, jnp.maximum(predictors - (start - 1), 0))[0]
+        return batch, jax.lax.cummax(jnp.where(kept, slots, 0))
 
-    return value
+    return perturb
 
 
 def _estimate(memo: shapley.Memo, n: int, method: str, samples: int, orders: np.ndarray | None, antithetic: bool,

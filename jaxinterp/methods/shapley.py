@@ -33,11 +33,18 @@ class Memo:
     """`value` with a memo table: each distinct coalition is evaluated once, new ones in one batch.
 
     `table` pre-fills it ({mask.tobytes(): value}); with `value` None only pre-filled coalitions answer.
+    `prefetch` queues coalitions a caller will ask for later, to be evaluated in the next batch (a
+    value function that shares work within a batch, such as a prefix trie, then shares it with them).
     """
 
     def __init__(self, value: ValueFn | None, table: dict[bytes, np.ndarray] | None = None):
         self.value = value
         self.table: dict[bytes, np.ndarray] = dict(table or {})
+        self.pending: dict[bytes, np.ndarray] = {}
+
+    def prefetch(self, masks: np.ndarray) -> None:
+        """Evaluates `masks` with the next batch of new coalitions (not before)."""
+        self.pending.update((row.tobytes(), row) for row in np.asarray(masks, bool) if row.tobytes() not in self.table)
 
     @property
     def evaluations(self) -> int:
@@ -47,6 +54,9 @@ class Memo:
         masks = np.asarray(masks, bool)
         keys = [row.tobytes() for row in masks]
         new = {k: row for k, row in zip(keys, masks) if k not in self.table}
+        if new:
+            new.update((k, row) for k, row in self.pending.items() if k not in self.table)
+            self.pending = {}
         if new and self.value is None:
             raise ArgumentError(f"masks: {len(new)} coalitions are not in the memo table and no value function was given")
         if new:

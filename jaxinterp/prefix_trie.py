@@ -55,6 +55,11 @@ def padded_rows(count: int) -> int:
     return -(-int(count) // step) * step
 
 
+def _per_slot(fn: Callable[[Array], Array], batch: Batch) -> Batch:
+    """`fn` applied to every [B, T] field of `batch` (tokens, mask, positions, ...), the rest kept."""
+    return jax.tree.map(lambda x: fn(x) if x is not None and x.ndim == 2 else x, batch)
+
+
 def cut_slots(firsts: Sequence[int], root: int) -> np.ndarray:
     """[n] slot before which only features < k have tokens, for each k (the suffix minimum of the
     features' first slots); k = 0 is the root, `root` (0 when nothing is shared)."""
@@ -66,10 +71,11 @@ def cut_slots(firsts: Sequence[int], root: int) -> np.ndarray:
 def plan_levels(masks: np.ndarray, cuts: np.ndarray, end: int, levels: int) -> tuple[int, ...]:
     """Feature indices 0 = k_0 < k_1 < ... < k_L = n (L <= `levels`) of the trie's cuts: a level runs slots
     [cuts[k_i], cuts[k_(i+1)]) (cuts[n] = `end`) once per distinct state of features < k_(i+1) but the
-    unperturbed one, and the plan minimises the padded slots computed plus `LEVEL_SLOTS` a level (dynamic programming over
-    the cut candidates)."""
+    unperturbed one, and the plan minimises the padded slots computed plus `LEVEL_SLOTS` a level (dynamic
+    programming over the cut candidates)."""
     n = masks.shape[1]
     bounds = np.append(cuts, end)
+
     def computed(k: int) -> int:  # nodes a level ending at cut k computes (not the unperturbed prompt's)
         keys = masks if k == n else np.unique(masks[:, :k], axis=0)
         count = len(keys) - int(k < n and keys.all(axis=1).any())
@@ -115,8 +121,7 @@ class CoalitionTrie:
         # room for the longest padded segment after any cut, so that no slice is clamped
         self.size = max(int(b) + padded_width(self.length - int(b)) for b in self.cuts)
         pad = self.size - self.length
-        self.base = jax.tree.map(
-            lambda x: jnp.pad(x, ((0, 0), (0, pad))) if x is not None and x.ndim == 2 else x, base)
+        self.base = _per_slot(lambda x: jnp.pad(x, ((0, 0), (0, pad))), base)
         self.served = self.slots = 0
         self._prompt = None  # the unperturbed prompt's run, once needed
         self._programs: dict[tuple, Callable] = {}  # one function object a shape: traced once (jax caches it)
@@ -141,7 +146,7 @@ class CoalitionTrie:
 
     def _group_size(self) -> int:
         """Coalitions whose caches (parents, gathered and written: three per node) fit the memory budget."""
-        cache = self.model.empty_cache(1, self.size)
+        cache = jax.eval_shape(lambda: self.model.empty_cache(1, self.size))  # shapes only, nothing allocated
         per_node = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
         return max(1, parse_budget(self.memory_budget) // (3 * per_node))
 
@@ -203,8 +208,7 @@ class CoalitionTrie:
             predictors = jnp.concatenate([jnp.zeros(1, last_kept.dtype), last_kept[:-1]])[:length]
             if alone:
                 return score(model(batch)[:, :length], batch.tokens[:, :length], predictors)[0]
-            piece = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
-                                 if x is not None and x.ndim == 2 else x, batch)
+            piece = _per_slot(lambda x: jax.lax.dynamic_slice_in_dim(x, start, width, axis=1), batch)
             parent = unperturbed
             if parents is not None:  # node["parent"] 0 is the unperturbed prompt, i + 1 the i-th of `parents`
                 index = node["parent"]

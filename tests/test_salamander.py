@@ -63,14 +63,19 @@ def test_sampled_estimators_converge():
         assert errors[1] < 0.25 * errors[0], (name, errors)
 
 
-def test_memo_scores_each_distinct_coalition_once_in_one_batch():
+def _counting_memo() -> tuple[shapley.Memo, list[int]]:
+    """A memo of the additive game and the list of batch sizes its value function was called with."""
     calls = []
 
     def value(masks):
         calls.append(len(masks))
         return additive(masks)
 
-    memo = shapley.Memo(value)
+    return shapley.Memo(value), calls
+
+
+def test_memo_scores_each_distinct_coalition_once_in_one_batch():
+    memo, calls = _counting_memo()
     shapley.salama(memo, 4, m=3)
     assert memo.evaluations == 16 and calls == [16]  # all 2^4 coalitions, each once, in one call
     shapley.exact(memo, 4)
@@ -78,13 +83,7 @@ def test_memo_scores_each_distinct_coalition_once_in_one_batch():
 
 
 def test_prefetched_coalitions_join_the_next_batch_only():
-    calls = []
-
-    def value(masks):
-        calls.append(len(masks))
-        return additive(masks)
-
-    memo = shapley.Memo(value)
+    memo, calls = _counting_memo()
     ends = np.array([[True] * 4, [False] * 4])
     memo.prefetch(ends)
     assert calls == [] and memo.evaluations == 0  # nothing is scored before it is asked for

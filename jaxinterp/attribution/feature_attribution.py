@@ -14,14 +14,13 @@ is the target: the teacher-forced log-probability of an answer string (every ans
 of the model's own greedy answer (`target=None`), or a user function of the logits at the
 last prompt position.
 
-Every coalition has the same token shape, so a few compiled programs score all of them:
-`sweep` vmaps the perturbed forward over coalition masks in chunks fitted to `memory_budget`,
-and each distinct coalition is scored once (`shapley.Memo`). Shared prefixes are computed once
-(`prefix_trie.CoalitionTrie`): coalitions that agree on the leading features hold the same
-tokens up to the next one, so the tokens before the first feature run once into a KV cache,
-and the prompt is cut at up to `prefix_buckets` feature starts (a trie's levels, chosen to
-minimise the slots computed), where every distinct state of the features so far runs its
-segment once, continuing its parent's cache. Estimators are those of
+Each coalition is a token row of the prompt's shape, scored by a prefix trie of KV caches
+(`prefix_trie.PrefixTrie`): coalitions that agree on the leading features hold the same
+tokens up to the next one, so the tokens before the first feature run once, and the rows are
+cut at up to `prefix_buckets` further slots where they diverge (levels chosen to minimise the
+slots computed), where every distinct prefix runs its segment once, continuing its parent's
+cache. Levels are `sweep`s: a few compiled programs vmapped over the nodes in chunks fitted
+to `memory_budget`; each distinct coalition is scored once (`shapley.Memo`). Estimators are those of
 `methods/shapley.py`; occlusion (`ablation`) gives v(all) - v(all without i), as Captum's
 `FeatureAblation`; `shapley` samples permutations (pass `orders` to fix them, e.g. the ones
 Captum's `ShapleyValueSampling` draws).
@@ -43,8 +42,8 @@ from jaxinterp.converters.chat_template import render_chat
 from jaxinterp import prefix
 from jaxinterp.errors import ArgumentError
 from jaxinterp.methods import shapley
-from jaxinterp.models import Batch, make_batch
-from jaxinterp.prefix_trie import CoalitionTrie
+from jaxinterp.models import make_batch
+from jaxinterp.prefix_trie import PrefixTrie
 from jaxinterp.sweep import DEFAULT_BUDGET
 
 Array = jax.Array
@@ -157,17 +156,16 @@ def feature_attribution(
     feature_of = np.full(len(ids) + len(answer), -1, np.int32)
     for i, tokens in enumerate(members):
         feature_of[list(tokens)] = i
-    base = make_batch(np.array([list(ids) + list(answer)], np.int32))
     fill = model.pad_token_id if baseline is None else baseline
     if not 0 <= fill < model.config.vocab_size:
         raise ArgumentError(f"baseline: expected a token id in [0, {model.config.vocab_size}), found {fill}")
     if removal == "delete" and method != "ablation" and np.all(feature_of[:len(ids)] >= 0):
         raise ArgumentError("removal: 'delete' leaves the empty coalition without any token; use removal='baseline' "
                             "or a prompt with tokens outside the features (a BOS token, a chat template)")
-    value = CoalitionTrie(model, base, _perturbation(feature_of, removal, fill), score,
-                          [min(tokens) for tokens in members], share=share_prefix and prefix.shares_prefix(model),
-                          levels=prefix_buckets, carry=removal == "delete", memory_budget=memory_budget,
-                          progress=progress)
+    trie = PrefixTrie(model, score, share=share_prefix and prefix.shares_prefix(model), levels=prefix_buckets,
+                      memory_budget=memory_budget, progress=progress)
+    perturbed = _perturbation(np.array(list(ids) + list(answer), np.int32), feature_of, removal, fill)
+    value = lambda masks: trie(perturbed(masks))  # noqa: E731
     memo = shapley.Memo(value)
     n = len(members)
     scores_empty = removal == "baseline" or method != "ablation"  # delete ablation never scores the empty one
@@ -179,7 +177,7 @@ def feature_attribution(
         features=tuple(names), tokens=tuple(members), values=np.asarray(values, np.float64),
         stderr=np.asarray(stderr, np.float64), full=float(ends[0]), empty=float(ends[1]), method=method,
         removal=removal, evaluations=memo.evaluations, prompt_tokens=tuple(ids), answer_tokens=tuple(answer),
-        shared_prefix=value.root, prefix_share=value.share,
+        shared_prefix=trie.root, prefix_share=trie.share,
     )
 
 
@@ -228,12 +226,12 @@ def _features(model: Any, prompt: str, features: str | Sequence[str], chat: bool
 
 
 def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
-            ) -> tuple[list[int], Callable[[Array, Array, Array], Array]]:
-    """(answer token ids, fn(logits [B, L, V], tokens [B, L], predictors [L]) -> [B] score), where
-    `predictors[j]` is the slot whose logits predict slot j (the last kept slot before it)."""
+            ) -> tuple[list[int], Callable[[Array, dict, Array], Array]]:
+    """(answer token ids, score(logits [1, L, V], row, predictors [T]) -> scalar) for `prefix_trie.PrefixTrie`,
+    where `predictors[j]` indexes the logits that predict slot j (of the last kept slot before it)."""
     length = len(ids)
     if callable(target):
-        return [], lambda logits, tokens, predictors: target(logits[:, predictors[length]])
+        return [], lambda logits, row, predictors: target(logits[:, predictors[length]])[0]
     if target is None:
         answer = model.generate(make_batch(np.array([ids], np.int32)), max_new_tokens).tokens[0]
         if not answer:
@@ -242,34 +240,32 @@ def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
         answer = model.tokenizer(target, add_special_tokens=False)["input_ids"]
     else:
         raise ArgumentError(f"target: expected an answer string, None or a function of the logits, found {target!r}")
+    slots = np.arange(length, length + len(answer))
 
-    def log_probability(logits: Array, tokens: Array, predictors: Array) -> Array:
-        predicted = jax.nn.log_softmax(logits[:, predictors[length:]], axis=-1)  # the rows that predict the answer
-        return jnp.take_along_axis(predicted, tokens[:, length:, None], axis=-1)[..., 0].sum(-1)
+    def log_probability(logits: Array, row: dict, predictors: Array) -> Array:
+        predicted = jax.nn.log_softmax(logits[0, predictors[slots]], axis=-1)  # the rows that predict the answer
+        return jnp.take_along_axis(predicted, row["tokens"][slots, None], axis=-1).sum()
 
     return list(answer), log_probability
 
 
-def _perturbation(feature_of: np.ndarray, removal: str, fill: int) -> Callable[[Batch, Array], tuple[Batch, Array]]:
-    """fn(batch, coalition [n] bool) -> (the coalition's batch, [T] last kept slot at or before each slot),
-    for `prefix_trie.CoalitionTrie` (traceable): removed features' tokens become `fill`, or are deleted
-    (masked out, the kept positions renumbered); a deleted slot is never a predictor. Slots past
-    `feature_of` (the trie's padding) belong to no feature."""
+def _perturbation(tokens: np.ndarray, feature_of: np.ndarray, removal: str, fill: int
+                  ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """fn(coalitions [N, n] bool) -> the [N, T] rows (tokens, mask, positions) of `tokens` [T] with the
+    features outside each coalition removed: their tokens become `fill`, or are deleted (masked out,
+    the kept positions renumbered, which equals running the shorter sequence)."""
 
-    def perturb(batch: Batch, coalition: Array) -> tuple[Batch, Array]:
-        chex.assert_rank(coalition, 1)
-        slots = jnp.arange(batch.tokens.shape[1])
-        feature_of_slot = jnp.pad(jnp.asarray(feature_of), (0, len(slots) - len(feature_of)), constant_values=-1)
-        kept = jnp.where(feature_of_slot >= 0, coalition[jnp.maximum(feature_of_slot, 0)], True)
+    def perturbed(coalitions: np.ndarray) -> dict[str, np.ndarray]:
+        coalitions = np.asarray(coalitions, bool)
+        chex.assert_rank(coalitions, 2)
+        kept = np.where(feature_of >= 0, coalitions[:, np.maximum(feature_of, 0)], True)  # [N, T]
+        rows = np.broadcast_to(tokens, kept.shape)
         if removal == "baseline":
-            batch = batch.replace(tokens=jnp.where(kept[None], batch.tokens, fill))
-            kept = jnp.ones_like(kept)
-        else:
-            mask = batch.mask & kept[None]
-            batch = batch.replace(mask=mask, positions=jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0))
-        return batch, jax.lax.cummax(jnp.where(kept, slots, 0))
+            return {"tokens": np.where(kept, rows, fill), "mask": np.ones_like(kept),
+                    "positions": np.broadcast_to(np.arange(len(tokens)), kept.shape)}
+        return {"tokens": rows, "mask": kept, "positions": np.maximum(np.cumsum(kept, axis=1) - 1, 0)}
 
-    return perturb
+    return perturbed
 
 
 def _estimate(memo: shapley.Memo, n: int, method: str, samples: int, orders: np.ndarray | None, antithetic: bool,

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from jaxinterp.errors import ArgumentError
 from jaxinterp.models import make_batch
-from jaxinterp.sweep import parse_budget, sweep
+from jaxinterp.sweep import DEFAULT_BUDGET, parse_budget, sweep
 
 # fn(logits [1, L, V] float32, row: this row's fields, predictors [T]: the index into `logits` of the
 # logits that predict each slot) -> the row's value (a scalar)
@@ -105,17 +105,18 @@ class PrefixTrie:
 
     Called with rows: a mapping of [N, T] `tokens`, `mask`, `positions` and any further per-row
     fields `score` reads (answer slots, say); returns [N] float64. `share=False` runs every row
-    whole (a bidirectional model shares nothing). `levels` bounds the levels after the root.
+    whole (a bidirectional model shares nothing). `levels` bounds the levels after the root;
+    `memory_budget` sizes the groups of rows and, with `chunk_size` (nodes a call), each level's `sweep`.
     `served` / `slots` count the rows' slots not computed (read from a cache or a duplicate row) /
     in all, across calls; `root` is the last call's slots shared by every row.
     """
 
-    def __init__(self, model: Any, score: Score, *, share: bool, levels: int, memory_budget: int | str,
-                 progress: bool):
+    def __init__(self, model: Any, score: Score, *, share: bool, levels: int,
+                 memory_budget: int | str = DEFAULT_BUDGET, chunk_size: int | None = None, progress: bool = False):
         if not isinstance(levels, int) or levels < 1:
             raise ArgumentError(f"levels: expected an integer >= 1, found {levels!r}")
         self.model, self.score, self.share_prefix, self.levels = model, score, share, levels
-        self.memory_budget, self.progress = memory_budget, progress
+        self.memory_budget, self.chunk_size, self.progress = memory_budget, chunk_size, progress
         self.served = self.slots = self.root = 0
         self._programs: dict[tuple, Callable] = {}  # one function object a shape: traced once per call
 
@@ -178,7 +179,7 @@ class PrefixTrie:
                           "parent": jnp.asarray(node_of[take], jnp.int32)}
             program = self._program(padded_width(end - start), size, final, alone=len(plan) == 2 and not start)
             state = sweep(program, (jnp.int32(start), jnp.int32(end), parents), variations,
-                          memory_budget=self.memory_budget, progress=False)
+                          chunk_size=self.chunk_size, memory_budget=self.memory_budget, progress=False)
             parents, node_of = state, np.cumsum(np.concatenate([[0], splits]))
         self.served += count * length - computed
         return np.asarray(state, np.float64)[:count]

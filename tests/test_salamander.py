@@ -13,6 +13,7 @@ from jaxinterp.methods import salamander as sl
 from jaxinterp.methods import shapley
 from jaxinterp.models import init_params
 from jaxinterp.models.llama import LlamaConfig
+from jaxinterp.prefix_trie import PrefixTrie
 
 WEIGHTS = np.array([1.0, 2.0, -3.0, 0.5])
 
@@ -201,9 +202,9 @@ def test_text_deletion_equals_one_forward_per_retokenised_prompt(smollm2):
         sl.coalition_values(model, game, masks, deletion="characters")
 
 
-def test_text_rows_continue_the_full_prompt_cache(smollm2, monkeypatch):
-    """Rows continued from their problem's cached full prompt (any number of prefix buckets) score
-    what one forward per re-tokenised prompt scores, and the continuation does start late."""
+def test_text_rows_share_prefixes_in_the_trie(smollm2, monkeypatch):
+    """Re-tokenised rows scored by the prefix trie (any number of levels) score what one forward per
+    prompt scores; rows share the demonstration across test problems, so a deeper trie computes less."""
     model, tokenizer = smollm2, smollm2.tokenizer  # a real model: its answers are right, so the values are not 0
     demo = "Q: Sara has 2 pens and gets 3 more, then 4 more.\nA: 2 + 3 = 5. 5 + 4 = 9. The answer is 9.\n\n"
     tests = [("Sara has 2 pens and gets 3 more, then 4 more.", "9"), ("Tom has 2 pens and gets 3 more.", "5")]
@@ -218,11 +219,13 @@ def test_text_rows_continue_the_full_prompt_cache(smollm2, monkeypatch):
             expected[m, p] = sl.answer_value(model(np.array([ids], np.int32))[0], positions, np.array(ids)[positions],
                                              np.ones(len(positions), bool), "logit")
     assert np.count_nonzero(expected) >= 3  # the 135M model answers the repeated question
-    resume, starts = sl.prefix.resume, set()
-    monkeypatch.setattr(sl.prefix, "resume", lambda *args, **kwargs: starts.add(args[3]) or resume(*args, **kwargs))
+    tries = []
+    monkeypatch.setattr(sl, "PrefixTrie", lambda *args, **kwargs: tries.append(PrefixTrie(*args, **kwargs)) or tries[-1])
     for buckets in (1, 2, 8):
         values = sl.coalition_values(model, game, masks, confidence="logit", chunk_size=3, prefix_buckets=buckets)
         np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-5)
-    assert len(starts) > 2 and min(starts) > 10  # the demonstration's opening is never recomputed
+    # the demonstration's opening runs once for all 8 rows, and deeper tries serve more of the rest
+    assert all(trie.root > 10 for trie in tries)
+    assert tries[0].share < tries[1].share <= tries[2].share
     with pytest.raises(ji.ArgumentError, match="prefix_buckets"):
         sl.coalition_values(model, game, masks, prefix_buckets=0)

@@ -6,12 +6,13 @@ everything else is the whiteboard, present in every coalition. A coalition promp
 the expressions outside the coalition.
 
 Batched coalitions (`deletion`): every (coalition, test problem) row is one prompt, and all rows
-are scored by `sweep` (a vmapped, chunked forward), never one prompt at a time.
+are scored by a prefix trie of KV caches (`jaxinterp.prefix_trie`, the engine of
+`feature_attribution`), never one prompt at a time: rows that agree on their leading tokens
+(the demonstrations up to the first deleted expression, whichever test problem follows) compute
+them once.
 - `text` (default; the spec's inferred reading of the paper): the expressions outside the
   coalition are deleted from the text, which is tokenised again on the host; rows are
-  right-padded to a common width (a multiple of 16, so few widths compile). A row equals its
-  problem's full prompt up to its first deleted expression, so those slots are read from the
-  full prompt's KV cache and only the rest is computed (`jaxinterp.prefix`).
+  right-padded to a common width (a multiple of 16, so few widths compile).
 - `tokens`: the full prompt is tokenised once and each token knows its player (-1 for the
   whiteboard); deleting expressions is a token mask with positions recounted over the kept
   tokens. Everything stays on the device, but a BPE tokenizer merges the characters at a cut
@@ -44,7 +45,7 @@ from jaxinterp.errors import ArgumentError
 from jaxinterp.methods import shapley
 from jaxinterp.methods.reasoning_segments import Step, token_steps
 from jaxinterp.models import Batch, make_batch
-from jaxinterp.sweep import sweep
+from jaxinterp.prefix_trie import PrefixTrie
 
 Array = jax.Array
 CONFIDENCES = ("log_prob", "probability", "logit")
@@ -168,7 +169,12 @@ def answer_value(logits: Array, answer_positions: Array, answer_tokens: Array, a
     (the paper's prose).
     """
     chex.assert_rank(logits, 2)
-    before = logits[answer_positions - 1]  # [A, V]: the logits that predict each answer token
+    return answer_score(logits[answer_positions - 1], answer_tokens, answer_mask, confidence)
+
+
+def answer_score(before: Array, answer_tokens: Array, answer_mask: Array, confidence: str = "probability") -> Array:
+    """`answer_value` from the logits [A, V] that predict each answer token."""
+    chex.assert_rank(before, 2)
     chosen = jnp.take_along_axis(before, answer_tokens[:, None], axis=-1)[:, 0]
     log_p = chosen - jax.nn.logsumexp(before, axis=-1)
     correct = jnp.all((jnp.argmax(before, axis=-1) == answer_tokens) | ~answer_mask)
@@ -187,26 +193,22 @@ def coalition_batch(game: Game, problem: Array | int, coalition: Array) -> Batch
 
 
 def row_values(model, game: Game, problems: np.ndarray, coalitions: np.ndarray, *, deletion: str = "text",
-               confidence: str = "probability", chunk_size: int = 16, progress: bool = False,
-               prefix_buckets: int = 4) -> np.ndarray:
-    """v of R (test problem, coalition) rows: problems [R] int, coalitions [R, n] bool -> [R], by a
-    vmapped forward over chunks of rows. `deletion`: `text` or `tokens` (module docstring); with
-    `text`, each row continues its problem's full prompt from the cache (`prefix_buckets` programs)."""
+               confidence: str = "probability", chunk_size: int | None = 16, progress: bool = False,
+               prefix_buckets: int = 8) -> np.ndarray:
+    """v of R (test problem, coalition) rows: problems [R] int, coalitions [R, n] bool -> [R]. `deletion`:
+    `text` or `tokens` (module docstring). Rows are scored by a prefix trie (`_scored`)."""
     _check(deletion, confidence)
     coalitions = np.asarray(coalitions, bool)
+    problems = np.asarray(problems, np.int32)
     if coalitions.ndim != 2 or coalitions.shape[1] != game.n or len(coalitions) != len(problems):
         raise ArgumentError(f"coalitions: expected a [{len(problems)}, {game.n}] boolean array, found shape {coalitions.shape}")
     if deletion == "text":
-        return _text_values(model, _deleted_rows(game, problems, coalitions), _full_prompts(game), problems, confidence,
-                            chunk_size, progress, prefix_buckets)
-
-    def value(game, row):
-        p = row["problem"]
-        logits = model(coalition_batch(game, p, row["coalition"]))[0]
-        return answer_value(logits, game.answer_positions[p], game.answer_tokens[p], game.answer_mask[p], confidence)
-
-    rows = {"coalition": coalitions, "problem": np.asarray(problems, np.int32)}
-    return np.asarray(sweep(value, game, rows, chunk_size=chunk_size, progress=progress), np.float64)
+        rows = _text_rows(_deleted_rows(game, problems, coalitions))
+    else:
+        batches = jax.vmap(lambda p, keep: coalition_batch(game, p, keep))(problems, coalitions)
+        rows = {"tokens": batches.tokens[:, 0], "mask": batches.mask[:, 0], "positions": batches.positions[:, 0],
+                **{name: getattr(game, name)[problems] for name in ("answer_positions", "answer_tokens", "answer_mask")}}
+    return _scored(model, rows, confidence, chunk_size, progress, prefix_buckets)
 
 
 def _check(deletion: str, confidence: str) -> None:
@@ -228,51 +230,27 @@ def _deleted_rows(game: Game, problems: np.ndarray, coalitions: np.ndarray) -> l
     return rows
 
 
-def _full_prompts(game: Game) -> list[tuple[list[int], list[int]]]:
-    """(ids, answer indices) of each test problem's prompt with every expression kept: the game's
-    own right-padded rows (`build_game` tokenised them), not tokenised again."""
-    tokens, mask = np.asarray(game.tokens), np.asarray(game.mask)
-    answers, answer_mask = np.asarray(game.answer_positions), np.asarray(game.answer_mask)
-    return [(row[kept].tolist(), at[used].tolist()) for row, kept, at, used in zip(tokens, mask, answers, answer_mask)]
+def _text_rows(encoded: Sequence[tuple[list[int], list[int]]]) -> dict[str, Array]:
+    """The trie's rows of tokenised prompts: right-padded to a multiple of 16 (few widths compile), positions 0, 1, ..."""
+    rows = _padded(encoded, multiple=16)
+    return {**rows, "positions": jnp.broadcast_to(jnp.arange(rows["tokens"].shape[1]), rows["tokens"].shape)}
 
 
-def _text_values(model, rows: Sequence[tuple[list[int], list[int]]], references: Sequence[tuple[list[int], list[int]]],
-                 reference_of: np.ndarray, confidence: str, chunk_size: int, progress: bool,
-                 prefix_buckets: int) -> np.ndarray:
-    """v of each tokenised prompt row, continuing each from its reference's cached run.
-
-    `references` are the full prompts (every expression kept), `reference_of` [R] each row's. A row
-    equals its reference up to its first deleted expression (and the tokens the tokenizer merges
-    there), so in a causal model those slots come from the reference's KV cache and only the rest
-    runs (`jaxinterp.prefix`; the common-prefix starts are bucketed to `prefix_buckets` programs).
-    The slot that predicts the first answer token is always computed.
-    """
+def _scored(model, rows: dict[str, Array], confidence: str, chunk_size: int | None, progress: bool,
+            prefix_buckets: int) -> np.ndarray:
+    """v of each row (tokens, mask, positions and answer fields [R, ...]), by a prefix trie
+    (`jaxinterp.prefix_trie`): rows that agree on their leading slots (the demonstrations up to the
+    first deleted expression, shared across test problems; every deletion pattern so far) compute
+    them once, in at most `prefix_buckets` levels after the shared root, `chunk_size` nodes a call."""
     prefix.check_buckets(prefix_buckets)
-    arrays = _padded(list(rows) + list(references), multiple=16)
-    count = len(rows)
-    mine = {name: np.asarray(x[:count]) for name, x in arrays.items()}
-    theirs = {name: x[count:] for name, x in arrays.items()}
-    reference_of = np.asarray(reference_of, np.int32)
-    starts = np.zeros(count, np.int64)
-    if prefix.shares_prefix(model):
-        shared = prefix.common_prefix_lengths(mine["tokens"], mine["mask"], np.asarray(theirs["tokens"])[reference_of],
-                                              np.asarray(theirs["mask"])[reference_of])
-        starts = np.minimum(shared, mine["answer_positions"][:, 0] - 1)
-    buckets = prefix.bucket_starts(starts, prefix_buckets)
-    caches = prefix.cached_rows(model, theirs["tokens"], theirs["mask"]) if buckets[-1] else None
 
-    def program(start: int):
-        def value(caches, row):
-            batch = make_batch(row["tokens"][None], row["mask"][None])
-            if start:
-                logits = prefix.resume(model, prefix.cache_row(caches, row["reference"]), batch, start, whole=False).logits[0]
-            else:
-                logits = model(batch)[0]
-            return answer_value(logits, row["answer_positions"] - start, row["answer_tokens"], row["answer_mask"], confidence)
-        return value
+    def score(logits: Array, row: dict, predictors: Array) -> Array:
+        before = logits[0, predictors[row["answer_positions"]]]  # the logits that predict each answer token
+        return answer_score(before, row["answer_tokens"], row["answer_mask"], confidence)
 
-    return prefix.sweep_buckets(program, caches, {**mine, "reference": reference_of}, starts, buckets,
-                                chunk_size=chunk_size, progress=progress)
+    trie = PrefixTrie(model, score, share=prefix.shares_prefix(model), levels=prefix_buckets, chunk_size=chunk_size,
+                      progress=progress)
+    return trie(rows)
 
 
 def coalition_values(model, game: Game, coalitions: np.ndarray, **options) -> np.ndarray:
@@ -346,13 +324,13 @@ class Attribution:
 
 
 def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama", deletion: str = "text",
-              confidence: str = "probability", chunk_size: int = 16, progress: bool = False,
-              prefix_buckets: int = 4, **options) -> Attribution | list[Attribution]:
+              confidence: str = "probability", chunk_size: int | None = 16, progress: bool = False,
+              prefix_buckets: int = 8, **options) -> Attribution | list[Attribution]:
     """Shapley values of the expressions of one game (or of each of several) with one of
     `shapley.ESTIMATORS` (SalaMA by default; `options` such as m, seed, permutations, samples go to
     the estimator). The coalitions every estimator asks for are gathered first (estimators are
     deterministic given their seed), then every distinct (game, coalition, problem) row is scored
-    in one sweep per prefix bucket (`deletion` and `prefix_buckets` as in `row_values`), and the
+    in one prefix trie (`deletion` and `prefix_buckets` as in `row_values`), and the
     estimators re-run on the memo tables."""
     if estimator not in shapley.ESTIMATORS:
         raise ArgumentError(f"estimator: expected one of {sorted(shapley.ESTIMATORS)}, found {estimator!r}")
@@ -368,15 +346,13 @@ def attribute(model, games: Game | Sequence[Game], *, estimator: str = "salama",
             for game, masks in zip(games, wanted)]
     if deletion == "text":
         encoded = [row for game, (problems, masks) in zip(games, rows) for row in _deleted_rows(game, problems, masks)]
-        offsets = np.cumsum([0] + [game.tokens.shape[0] for game in games[:-1]])
-        references = [row for game in games for row in _full_prompts(game)]
-        reference_of = np.concatenate([offset + problems for offset, (problems, _) in zip(offsets, rows)])
-        values = _text_values(model, encoded, references, reference_of, confidence, chunk_size, progress, prefix_buckets)
+        values = _scored(model, _text_rows(encoded), confidence, chunk_size, progress, prefix_buckets)
     else:
         merged, offsets = merge_games(games)
         values = row_values(model, merged, np.concatenate([offset + p for offset, (p, _) in zip(offsets, rows)]),
                             np.concatenate([np.pad(m, ((0, 0), (0, merged.n - m.shape[1]))) for _, m in rows]),
-                            deletion="tokens", confidence=confidence, chunk_size=chunk_size, progress=progress)
+                            deletion="tokens", confidence=confidence, chunk_size=chunk_size, progress=progress,
+                            prefix_buckets=prefix_buckets)
     results, start = [], 0
     for game, masks in zip(games, wanted):
         count = game.tokens.shape[0]

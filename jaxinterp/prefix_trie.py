@@ -24,6 +24,7 @@ predicts an answer token may lie in an earlier level.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -118,7 +119,6 @@ class PrefixTrie:
         self.model, self.score, self.share_prefix, self.levels = model, score, share, levels
         self.memory_budget, self.chunk_size, self.progress = memory_budget, chunk_size, progress
         self.served = self.slots = self.root = 0
-        self._programs: dict[tuple, Callable] = {}  # one function object a shape: traced once per call
 
     @property
     def share(self) -> float:
@@ -177,46 +177,44 @@ class PrefixTrie:
             take = np.concatenate([firsts, np.repeat(firsts[-1:], padded_rows(firsts.size) - firsts.size)])
             variations = {"row": {name: jnp.asarray(x[take]) for name, x in rows.items()},
                           "parent": jnp.asarray(node_of[take], jnp.int32)}
-            program = self._program(padded_width(end - start), size, final, alone=len(plan) == 2 and not start)
-            state = sweep(program, (jnp.int32(start), jnp.int32(end), parents), variations,
+            program = level_program(self.score, padded_width(end - start), size, final, len(plan) == 2 and not start)
+            state = sweep(program, (self.model, jnp.int32(start), jnp.int32(end), parents), variations,
                           chunk_size=self.chunk_size, memory_budget=self.memory_budget, progress=False)
             parents, node_of = state, np.cumsum(np.concatenate([[0], splits]))
         self.served += count * length - computed
         return np.asarray(state, np.float64)[:count]
 
-    def _program(self, width: int, size: int, final: bool, alone: bool) -> Callable:
-        """fn((start, end, parents), node) for one level of `width` padded slots: the node's cache after
-        its segment and the logits of its last kept slot, or at the final level its row's value.
-        `alone`: a single level from slot 0, so the whole row runs without a cache."""
-        key = (width, size, final, alone)
-        if key in self._programs:
-            return self._programs[key]
-        model, score = self.model, self.score
 
-        def level(inputs: tuple, node: dict) -> Any:
-            start, end, parents = inputs
-            row = node["row"]
-            slots = jnp.arange(size)
-            batch = make_batch(row["tokens"][None], row["mask"][None], positions=row["positions"][None])
-            last_kept = jax.lax.cummax(jnp.where(row["mask"], slots, 0))  # at or before each slot
-            predictors = jnp.concatenate([jnp.zeros(1, last_kept.dtype), last_kept[:-1]])  # of each slot's token
-            if alone:
-                return score(model(batch).astype(jnp.float32), row, predictors)
-            if parents is None:  # the first level: nothing before it
-                parent = {"cache": model.empty_cache(1, size), "carried": jnp.zeros(model.config.vocab_size)}
-            else:
-                parent = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, node["parent"], keepdims=False),
-                                      parents)
-            piece = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
-                                 if x is not None and x.ndim == 2 else x, batch)
-            run = model.run(piece, cache=parent["cache"].replace(length=start))
-            logits = run.logits.astype(jnp.float32)
-            if final:  # the logits from slot `start` on, after the carried logits of the last kept slot before it
-                joined = jnp.concatenate([parent["carried"][None, None], logits], axis=1)
-                return score(joined, row, jnp.where(predictors >= start, predictors - start + 1, 0))
-            last = last_kept[end - 1]
-            at = jax.lax.dynamic_index_in_dim(logits[0], jnp.clip(last - start, 0, width - 1), keepdims=False)
-            return {"cache": run.cache, "carried": jnp.where(last >= start, at, parent["carried"])}
+@functools.lru_cache(maxsize=64)
+def level_program(score: Score, width: int, size: int, final: bool, alone: bool) -> Callable:
+    """fn((model, start, end, parents), node) for one level of `width` padded slots: the node's cache
+    after its segment and the logits of its last kept slot, or at the final level its row's value.
+    `alone`: a single level from slot 0, so the whole row runs without a cache. The model is an input,
+    not a closure, so one function object serves every call with the same `score` and `sweep` reuses
+    its trace."""
 
-        self._programs[key] = level
-        return level
+    def level(inputs: tuple, node: dict) -> Any:
+        model, start, end, parents = inputs
+        row = node["row"]
+        slots = jnp.arange(size)
+        batch = make_batch(row["tokens"][None], row["mask"][None], positions=row["positions"][None])
+        last_kept = jax.lax.cummax(jnp.where(row["mask"], slots, 0))  # at or before each slot
+        predictors = jnp.concatenate([jnp.zeros(1, last_kept.dtype), last_kept[:-1]])  # of each slot's token
+        if alone:
+            return score(model(batch).astype(jnp.float32), row, predictors)
+        if parents is None:  # the first level: nothing before it
+            parent = {"cache": model.empty_cache(1, size), "carried": jnp.zeros(model.config.vocab_size)}
+        else:
+            parent = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, node["parent"], keepdims=False), parents)
+        piece = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, width, axis=1)
+                             if x is not None and x.ndim == 2 else x, batch)
+        run = model.run(piece, cache=parent["cache"].replace(length=start))
+        logits = run.logits.astype(jnp.float32)
+        if final:  # the logits from slot `start` on, after the carried logits of the last kept slot before it
+            joined = jnp.concatenate([parent["carried"][None, None], logits], axis=1)
+            return score(joined, row, jnp.where(predictors >= start, predictors - start + 1, 0))
+        last = last_kept[end - 1]
+        at = jax.lax.dynamic_index_in_dim(logits[0], jnp.clip(last - start, 0, width - 1), keepdims=False)
+        return {"cache": run.cache, "carried": jnp.where(last >= start, at, parent["carried"])}
+
+    return level

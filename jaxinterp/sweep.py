@@ -82,6 +82,10 @@ def parse_budget(budget: int | str) -> int:
 # over inputs of the same shapes reuses its program even when `fn` is a fresh closure.
 _PROGRAMS: collections.OrderedDict[tuple, Callable] = collections.OrderedDict()
 _PROGRAM_SLOTS = 16
+# Traces of functions that close over no arrays, keyed by the function and its inputs' types: a
+# function object swept again over inputs of the same types (a prefix trie's level programs, which
+# take the model as an input) skips tracing.
+_TRACES: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
 
 
 def _hoisted(fn: Callable, inputs: Any, one: Any) -> tuple[Callable, list, Any]:
@@ -91,6 +95,11 @@ def _hoisted(fn: Callable, inputs: Any, one: Any) -> tuple[Callable, list, Any]:
     the variations' leading axis. Without hoisting, the closed-over params would be baked into
     the compiled program as constants (huge programs, slow compiles).
     """
+    leaves, tree = jax.tree.flatten((inputs, one))
+    signature = (fn, tree, tuple(jax.typeof(x) for x in leaves))
+    if signature in _TRACES:
+        _TRACES.move_to_end(signature)
+        return _TRACES[signature]
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(inputs, one)
     out_tree = jax.tree.structure(out_shape)
     key = (str(closed.jaxpr), tuple((jnp.shape(c), jnp.result_type(c)) for c in closed.consts), out_tree)
@@ -105,7 +114,12 @@ def _hoisted(fn: Callable, inputs: Any, one: Any) -> tuple[Callable, list, Any]:
         if len(_PROGRAMS) > _PROGRAM_SLOTS:
             _PROGRAMS.popitem(last=False)
     _PROGRAMS.move_to_end(key)
-    return _PROGRAMS[key], closed.consts, closed.jaxpr
+    traced = _PROGRAMS[key], closed.consts, closed.jaxpr
+    if not closed.consts:  # kept only where it holds no arrays (a closed-over model's params would stay alive)
+        _TRACES[signature] = traced
+        if len(_TRACES) > _PROGRAM_SLOTS:
+            _TRACES.popitem(last=False)
+    return traced
 
 
 def chunk_size_for(jaxpr, budget: int | str) -> int:

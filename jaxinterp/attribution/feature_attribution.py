@@ -164,7 +164,8 @@ def feature_attribution(
                             "or a prompt with tokens outside the features (a BOS token, a chat template)")
     trie = PrefixTrie(model, score, share=share_prefix and prefix.shares_prefix(model), levels=prefix_buckets,
                       memory_budget=memory_budget, progress=progress)
-    perturbed = _perturbation(np.array(list(ids) + list(answer), np.int32), feature_of, removal, fill)
+    perturbed = _perturbation(np.array(list(ids) + list(answer), np.int32), np.arange(len(ids), len(feature_of)),
+                              feature_of, removal, fill)
     value = lambda masks: trie(perturbed(masks))  # noqa: E731
     memo = shapley.Memo(value)
     n = len(members)
@@ -240,30 +241,33 @@ def _target(model: Any, ids: list[int], target: Any, max_new_tokens: int
         answer = model.tokenizer(target, add_special_tokens=False)["input_ids"]
     else:
         raise ArgumentError(f"target: expected an answer string, None or a function of the logits, found {target!r}")
-    slots = np.arange(length, length + len(answer))
-
-    def log_probability(logits: Array, row: dict, predictors: Array) -> Array:
-        predicted = jax.nn.log_softmax(logits[0, predictors[slots]], axis=-1)  # the rows that predict the answer
-        return jnp.take_along_axis(predicted, row["tokens"][slots, None], axis=-1).sum()
-
-    return list(answer), log_probability
+    return list(answer), _answer_log_probability
 
 
-def _perturbation(tokens: np.ndarray, feature_of: np.ndarray, removal: str, fill: int
+def _answer_log_probability(logits: Array, row: dict, predictors: Array) -> Array:
+    """log p(answer | prompt), teacher-forced over the row's `answer_slots` (one function for every call,
+    so the trie's level programs are traced once)."""
+    slots = row["answer_slots"]
+    predicted = jax.nn.log_softmax(logits[0, predictors[slots]], axis=-1)  # the rows that predict the answer
+    return jnp.take_along_axis(predicted, row["tokens"][slots, None], axis=-1).sum()
+
+
+def _perturbation(tokens: np.ndarray, answer_slots: np.ndarray, feature_of: np.ndarray, removal: str, fill: int
                   ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """fn(coalitions [N, n] bool) -> the [N, T] rows (tokens, mask, positions) of `tokens` [T] with the
-    features outside each coalition removed: their tokens become `fill`, or are deleted (masked out,
-    the kept positions renumbered, which equals running the shorter sequence)."""
+    """fn(coalitions [N, n] bool) -> the [N, T] rows (tokens, mask, positions; and [N, A] answer slots) of
+    `tokens` [T] with the features outside each coalition removed: their tokens become `fill`, or are
+    deleted (masked out, the kept positions renumbered, which equals running the shorter sequence)."""
 
     def perturbed(coalitions: np.ndarray) -> dict[str, np.ndarray]:
         coalitions = np.asarray(coalitions, bool)
         chex.assert_rank(coalitions, 2)
         kept = np.where(feature_of >= 0, coalitions[:, np.maximum(feature_of, 0)], True)  # [N, T]
         rows = np.broadcast_to(tokens, kept.shape)
+        answer = {"answer_slots": np.broadcast_to(answer_slots, (len(kept), len(answer_slots)))}
         if removal == "baseline":
             return {"tokens": np.where(kept, rows, fill), "mask": np.ones_like(kept),
-                    "positions": np.broadcast_to(np.arange(len(tokens)), kept.shape)}
-        return {"tokens": rows, "mask": kept, "positions": np.maximum(np.cumsum(kept, axis=1) - 1, 0)}
+                    "positions": np.broadcast_to(np.arange(len(tokens)), kept.shape), **answer}
+        return {"tokens": rows, "mask": kept, "positions": np.maximum(np.cumsum(kept, axis=1) - 1, 0), **answer}
 
     return perturbed
 

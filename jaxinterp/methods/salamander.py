@@ -30,8 +30,9 @@ the paper's text is ambiguous, spec Unknowns).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import chex
@@ -236,6 +237,18 @@ def _text_rows(encoded: Sequence[tuple[list[int], list[int]]]) -> dict[str, Arra
     return {**rows, "positions": jnp.broadcast_to(jnp.arange(rows["tokens"].shape[1]), rows["tokens"].shape)}
 
 
+@functools.cache
+def _row_score(confidence: str) -> Callable:
+    """The trie's score of a row: `answer_score` of the logits that predict its answer tokens (one function
+    a confidence, so the trie's level programs are traced once)."""
+
+    def score(logits: Array, row: dict, predictors: Array) -> Array:
+        before = logits[0, predictors[row["answer_positions"]]]
+        return answer_score(before, row["answer_tokens"], row["answer_mask"], confidence)
+
+    return score
+
+
 def _scored(model, rows: dict[str, Array], confidence: str, chunk_size: int | None, progress: bool,
             prefix_buckets: int) -> np.ndarray:
     """v of each row (tokens, mask, positions and answer fields [R, ...]), by a prefix trie
@@ -243,12 +256,7 @@ def _scored(model, rows: dict[str, Array], confidence: str, chunk_size: int | No
     first deleted expression, shared across test problems; every deletion pattern so far) compute
     them once, in at most `prefix_buckets` levels after the shared root, `chunk_size` nodes a call."""
     prefix.check_buckets(prefix_buckets)
-
-    def score(logits: Array, row: dict, predictors: Array) -> Array:
-        before = logits[0, predictors[row["answer_positions"]]]  # the logits that predict each answer token
-        return answer_score(before, row["answer_tokens"], row["answer_mask"], confidence)
-
-    trie = PrefixTrie(model, score, share=prefix.shares_prefix(model), levels=prefix_buckets, chunk_size=chunk_size,
+    trie = PrefixTrie(model, _row_score(confidence), share=prefix.shares_prefix(model), levels=prefix_buckets, chunk_size=chunk_size,
                       progress=progress)
     return trie(rows)
 

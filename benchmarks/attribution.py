@@ -10,7 +10,8 @@
 2. Smooth LLaVA-CAM with N noisy copies as one batched (vmapped) call against N calls of the
    plain map on the noisy images in a Python loop: target at least 5x on CPU.
 
-All times are medians after a warm-up call (compilation excluded), from the same run.
+All times are medians after a warm-up call (compilation excluded), from the same run, written to
+`--out` (results/attribution_speed/results.json).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import jax
 
 import jaxinterp
-from benchmarks.common import median_seconds
+from benchmarks.common import median_seconds, write_results
 from jaxinterp.small_vlm import load_small_vlm, pairs
 from jaxinterp.attribution import attribute
 from jaxinterp.attribution.gradcam import pixel_noise_scale
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="noisy copies of the smooth variant")
     parser.add_argument("--deep-layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="results/attribution_speed/results.json")
     args = parser.parse_args()
     model = load_small_vlm("llava")
     rows = pairs(shapes.examples("heldout", -(-args.rows // 4), seed=3))[:args.rows]
@@ -85,6 +87,7 @@ def main() -> None:
               f"(target <= 1.5x); per-layer passes take {r['loop_over_all']:.1f}x longer")
     s = results["smooth_llava_cam"]
     print(f"smooth LLaVA-CAM, N = {s['samples']}: batched {s['speedup']:.1f}x faster than looped (target >= 5x)")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Shared prefixes: run the slots that many variations of one batch share once, into a KV cache.
 
-Perturbation attribution (coalitions of prompt features) and activation patching (cells of a
-grid) run one batch many times, each variation changing it only from some slot on. In a
-causal decoder nothing before that slot can change, so the unperturbed batch runs once into
-a KV cache and a variation continues from the cache at its first changed slot, computing only
-the slots after it. The possible starts are bucketed to a few lengths (one compiled program
-each; a variation continues from the longest bucket at or before its own start).
+Activation patching (cells of a grid) runs one batch many times, each variation changing it
+only from some slot on. In a causal decoder nothing before that slot can change, so the
+unperturbed batch runs once into a KV cache and a variation continues from the cache at its
+first changed slot, computing only the slots after it. The possible starts are bucketed to a
+few lengths (one compiled program each; a variation continues from the longest bucket at or
+before its own start). Rows that differ in many places (perturbation attribution's coalitions)
+share deeper prefixes with each other: `jaxinterp.prefix_trie`.
 
 A bidirectional model (masked diffusion, positional schemes) lets early slots see late ones,
-so it shares nothing: `shares_prefix` is False and every variation starts at slot 0.
-"""
+so it shares nothing: `shares_prefix` is False and every variation starts at slot 0."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import Array
 
 from jaxinterp.errors import ArgumentError
-from jaxinterp.models import Batch, KVCache, make_batch
+from jaxinterp.models import Batch
 from jaxinterp.sweep import sweep
 
 
@@ -57,15 +56,6 @@ def padded_count(count: int) -> int:
     return power * 3 // 4 if power >= 4 and count <= power * 3 // 4 else power
 
 
-def common_prefix_lengths(tokens: np.ndarray, mask: np.ndarray, reference_tokens: np.ndarray,
-                          reference_mask: np.ndarray) -> np.ndarray:
-    """[R] number of leading slots where each row [R, T] holds the same real tokens as its reference
-    row (the [R, T] references given row by row): the slots a continuation can take from the
-    reference's cache."""
-    same = (np.asarray(tokens) == np.asarray(reference_tokens)) & np.asarray(mask) & np.asarray(reference_mask)
-    return np.cumprod(same, axis=1).sum(axis=1)
-
-
 def sweep_buckets(program_for: Callable[[int], Callable], inputs: Any, variations: Any, starts: np.ndarray,
                   buckets: Sequence[int], **sweep_options: Any) -> np.ndarray:
     """`sweep(program_for(start), inputs, ...)` of every variation (a pytree of [N, ...] arrays) at its
@@ -88,36 +78,17 @@ def cached_run(model: Any, batch: Batch) -> Any:
     return model.run(batch, cache=model.empty_cache(batch.tokens.shape[0], batch.tokens.shape[1]))
 
 
-def cached_rows(model: Any, tokens: Array, mask: Array) -> KVCache:
-    """The KV caches of R reference prompts (right-padded [R, T] tokens and mask), computed in one
-    sweep (the logits are never kept), for continuations that each pick theirs with `cache_row`."""
-    one = lambda _, row: cached_run(model, make_batch(row["tokens"][None], row["mask"][None])).cache  # noqa: E731
-    caches = sweep(one, None, {"tokens": tokens, "mask": mask}, progress=False)
-    return jax.tree.map(lambda x: x[:, 0] if x.ndim > 1 else x[0], caches)
-
-
-def cache_row(cache: KVCache, index: Array | int) -> KVCache:
-    """Row `index` (traceable) of a batched cache, as a cache of one row: a variation that continues
-    one of several reference prompts gathers its own inside a vmapped program."""
-    return jax.tree.map(lambda x: x if x.ndim == 0 else jax.lax.dynamic_index_in_dim(x, index, keepdims=True), cache)
-
-
-def resume(model: Any, prefix: Any, batch: Batch, start: int, *, edits: Any = (), whole: bool = True) -> Any:
+def resume(model: Any, prefix: Any, batch: Batch, start: int, *, edits: Any = ()) -> Any:
     """The run of `batch` with `edits`, computing only slots from `start` on (traceable).
 
     `prefix` is `cached_run` of a batch equal to `batch` before slot `start`, where the edits
-    change nothing (without `whole`, its `KVCache` is enough). With `whole`, the returned `Run`
-    covers every slot of `batch` (the logits and hidden states of earlier slots are the prefix
-    run's), so that a metric reads it as a run of the whole batch; without, it covers the slots
-    from `start` on only.
+    change nothing. The returned `Run` covers every slot of `batch` (the logits and hidden states
+    of earlier slots are the prefix run's), so that a metric reads it as a run of the whole batch.
     """
     if not start:
         return model.run(batch, edits=edits)
-    cache = prefix if isinstance(prefix, KVCache) else prefix.cache
     rest = jax.tree.map(lambda x: x[:, start:], batch)
-    run = model.run(rest, edits=edits, cache=cache.replace(length=jnp.int32(start)))
-    if not whole:
-        return run
+    run = model.run(rest, edits=edits, cache=prefix.cache.replace(length=jnp.int32(start)))
     joined = lambda before, after: jnp.concatenate([before[:, :start], after], axis=1)  # noqa: E731
     return run.replace(logits=joined(prefix.logits, run.logits), hidden=joined(prefix.hidden, run.hidden),
                        captured={}, batch=batch, cache=None)

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -280,3 +281,20 @@ def test_deep_trie_equals_full_recompute_and_beats_a_depth_one_trie(removal):
     tight = feature_attribution(_model(), prompt, ANSWER, prefix_buckets=8, memory_budget=1, **kwargs)
     np.testing.assert_allclose(tight.values, trie.values, rtol=1e-5, atol=1e-5)
     assert tight.prefix_share < trie.prefix_share
+
+
+def test_a_second_call_traces_nothing(monkeypatch):
+    """The trie's level programs take the model as an input and come from one cached factory, so `sweep`
+    keeps their traces: attributing again (same prompt shape, new answer) traces no program at all, and
+    a function that closes over arrays (the user's target here) is traced again rather than kept."""
+    kwargs = dict(features="tokens", method="shapley", samples=4, progress=False)
+    feature_attribution(_model(), PROMPT, ANSWER, **kwargs)
+    traced = []
+    make_jaxpr = jax.make_jaxpr
+    monkeypatch.setattr(jax, "make_jaxpr", lambda *args, **options: traced.append(args[0]) or make_jaxpr(*args, **options))
+    again = feature_attribution(_model(), PROMPT, ANSWER, **kwargs)
+    assert traced == [] and again.evaluations > 2
+    direction = jnp.arange(_model().config.vocab_size, dtype=jnp.float32)
+    for _ in range(2):
+        feature_attribution(_model(), PROMPT, lambda logits: logits @ direction, **kwargs)
+    assert len(traced) >= 2

@@ -5,6 +5,12 @@ bfloat16); the script prints medians, ratios, the first-call (compile) time, the
 `load("smollm2")` from the cache in a fresh process, and, at the longest length, the fused
 attention path against the materialised one (an identity edit on every layer's
 `attn.probs` forces the latter): time and the compiled program's temporary memory.
+
+It also times, at the longest length, the forward's weight products alone (every projection and the
+language-model head as plain matrix products of the same shapes, in XLA and in PyTorch) and adds
+causal attention's products at XLA's measured rate: no forward beats that floor, so PyTorch's time
+over it bounds any float32 speed-up on this machine (`roofline`), and a bfloat16 product time above
+our float32 forward rules out bf16 beating float32 here.
 Figures depend on the machine; compare ratios, not seconds.
 
     python -m benchmarks.forward [--tokens 128 1024] [--repeats 10] [--out results/forward/results.json]
@@ -64,6 +70,54 @@ def attention_paths(model: jaxinterp.Model, ids: np.ndarray, repeats: int) -> di
             "materialised_temp_mb": temporary_bytes(model, ids, (MATERIALISE,)) / 2**20}
 
 
+def weight_products(config) -> dict[tuple[int, int], int]:
+    """{(inputs, outputs): count} of the matrix products with weights that a forward of a Llama-family
+    config runs for each token (attention's own products of queries, keys and values are left out)."""
+    heads, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    per_layer = [(config.hidden_size, heads), (config.hidden_size, kv), (config.hidden_size, kv),
+                 (heads, config.hidden_size), (config.hidden_size, config.intermediate_size),
+                 (config.hidden_size, config.intermediate_size), (config.intermediate_size, config.hidden_size)]
+    counts: dict[tuple[int, int], int] = {(config.hidden_size, config.vocab_size): 1}
+    for shape in per_layer:
+        counts[shape] = counts.get(shape, 0) + config.num_layers
+    return counts
+
+
+def products_seconds(config, tokens: int, dtype: str, side: str, repeats: int) -> float:
+    """Time of the forward's weight products alone on `side` ("jax" or "torch"): each distinct
+    [tokens, inputs] x [inputs, outputs] product timed once (median) and multiplied by its count."""
+    import torch
+
+    total, rng = 0.0, np.random.default_rng(0)
+    for (inputs, outputs), count in weight_products(config).items():
+        a = rng.standard_normal((tokens, inputs), np.float32)
+        b = rng.standard_normal((inputs, outputs), np.float32)
+        if side == "jax":
+            x, w = jax.numpy.asarray(a, dtype), jax.numpy.asarray(b, dtype)
+            product = jax.jit(lambda x, w: x @ w)
+            seconds = median_seconds(lambda: jax.block_until_ready(product(x, w)), repeats=repeats)
+        else:
+            x, w = (torch.from_numpy(t).to(getattr(torch, dtype)) for t in (a, b))
+            seconds = median_seconds(lambda: x @ w, repeats=repeats)
+        total += count * seconds
+    return total
+
+
+def roofline(config, tokens: int, torch_float32_s: float, repeats: int) -> dict:
+    """The floor under any float32 forward on this machine: the weight products at XLA's measured
+    rate plus causal attention's products (q.k and p.v over the lower triangle, 4 H Dh T(T+1)/2
+    FLOPs a layer) at the same rate; `bound_over_torch_float32` is PyTorch's time over that floor."""
+    out = {f"{side}_{dtype}_s": products_seconds(config, tokens, dtype, side, repeats)
+           for side, dtype in (("jax", "float32"), ("jax", "bfloat16"), ("torch", "float32"))}
+    weight_flops = sum(2 * tokens * inputs * outputs * count
+                       for (inputs, outputs), count in weight_products(config).items())
+    rate = weight_flops / out["jax_float32_s"]
+    attention_flops = config.num_layers * 4 * config.num_heads * config.head_dim * tokens * (tokens + 1) / 2
+    floor = out["jax_float32_s"] + attention_flops / rate
+    return {**out, "xla_float32_gflops": rate / 1e9, "float32_floor_s": floor,
+            "bound_over_torch_float32": torch_float32_s / floor}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[128, 1024])
@@ -97,9 +151,17 @@ def main() -> None:
     print(f"attention at {longest} tokens, float32: fused {1e3 * paths['fused_s']:.1f} ms, "
           f"materialised {1e3 * paths['materialised_s']:.1f} ms ({paths['materialised_s'] / paths['fused_s']:.2f}x); "
           f"temporary memory fused {paths['fused_temp_mb']:.0f} MiB, materialised {paths['materialised_temp_mb']:.0f} MiB")
+    torch_f32 = next(r["torch_s"] for r in rows if r["dtype"] == "float32" and r["tokens"] == longest)
+    floor = roofline(model.config, longest, torch_f32, args.repeats)
+    print(f"weight products alone at {longest} tokens: XLA float32 {1e3 * floor['jax_float32_s']:.0f} ms "
+          f"({floor['xla_float32_gflops']:.0f} GFLOP/s), bfloat16 {1e3 * floor['jax_bfloat16_s']:.0f} ms, PyTorch float32 "
+          f"{1e3 * floor['torch_float32_s']:.0f} ms; with causal attention at that rate the float32 floor is "
+          f"{1e3 * floor['float32_floor_s']:.0f} ms, so no float32 forward can beat PyTorch's by more than "
+          f"{floor['bound_over_torch_float32']:.2f}x here")
     write_results(args.out, {"model": "smollm2", "batch": 1, "load_from_cache_s": float(np.median(load_times)),
                              "forward": rows, "bfloat16_over_float32": bf16_over_f32,
-                             "attention_paths": {"tokens": longest, **paths}})
+                             "attention_paths": {"tokens": longest, **paths},
+                             "roofline": {"tokens": longest, **floor}})
 
 
 if __name__ == "__main__":

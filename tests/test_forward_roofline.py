@@ -1,0 +1,19 @@
+"""The forward benchmark's floor counts exactly the products a Llama forward runs with its weights."""
+
+import jax
+import pytest
+
+from benchmarks.forward import weight_products
+from jaxinterp.models import init_params
+from jaxinterp.models.llama import LlamaConfig
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_weight_products_cover_every_matrix_parameter_once(tied):
+    config = LlamaConfig(vocab_size=40, hidden_size=24, intermediate_size=56, num_layers=3, num_heads=6,
+                         num_kv_heads=2, head_dim=6, tie_word_embeddings=tied)
+    params = init_params(config, jax.random.key(0))
+    matrices = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(params)
+                   if x.ndim >= 2 and (tied or "embed" not in jax.tree_util.keystr(path)))
+    counted = sum(inputs * outputs * count for (inputs, outputs), count in weight_products(config).items())
+    assert counted == matrices

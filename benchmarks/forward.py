@@ -19,6 +19,7 @@ Figures depend on the machine; compare ratios, not seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -118,6 +119,36 @@ def roofline(config, tokens: int, torch_float32_s: float, repeats: int) -> dict:
             "bound_over_torch_float32": torch_float32_s / floor}
 
 
+def _ratio(speedup: float) -> str:
+    """`1.13x faster`, `0.89x (PyTorch faster)` or `1.00x (even)`, judged on the printed figure."""
+    shown = f"{speedup:.2f}"
+    return f"{shown}x " + ("(even)" if shown == "1.00" else "faster" if speedup > 1 else "(PyTorch faster)")
+
+
+def markdown(results: dict) -> str:
+    """The README's table (and the sentence under it) for a results file, so no figure is typed twice."""
+    bf16_over_f32 = {int(tokens): ratio for tokens, ratio in results["bfloat16_over_float32"].items()}
+    lines = ["| SmolLM2 forward, batch 1 | ours | PyTorch | ratio |", "|---|---|---|---|"]
+    for row in sorted(results["forward"], key=lambda row: (row["dtype"] != "float32", row["tokens"])):
+        ratio = _ratio(row["speedup"])
+        if row["dtype"] == "bfloat16":
+            ratio += f"; {bf16_over_f32[row['tokens']]:.2f}x our float32"
+        lines.append(f"| {row['tokens']:,} tokens, {row['dtype']} | {1e3 * row['ours_s']:.0f} ms | "
+                     f"{1e3 * row['torch_s']:.0f} ms | {ratio} |")
+    paths, floor = results["attention_paths"], results["roofline"]
+    lines.append(f"| {paths['tokens']:,} tokens, float32: fused vs materialised attention | {1e3 * paths['fused_s']:.0f} "
+                 f"vs {1e3 * paths['materialised_s']:.0f} ms | - | {paths['materialised_s'] / paths['fused_s']:.2f}x faster; "
+                 f"XLA temporary memory {paths['fused_temp_mb']:.0f} vs {paths['materialised_temp_mb']:.0f} MiB |")
+    lines.append(f"| {floor['tokens']:,} tokens: the weight products alone | XLA {1e3 * floor['jax_float32_s']:.0f} ms "
+                 f"float32 ({floor['xla_float32_gflops']:.0f} GFLOP/s), {1e3 * floor['jax_bfloat16_s']:.0f} ms bfloat16 | "
+                 f"{1e3 * floor['torch_float32_s']:.0f} ms float32 | floor with causal attention "
+                 f"{1e3 * floor['float32_floor_s']:.0f} ms |")
+    ours = next(row["ours_s"] for row in results["forward"] if row["dtype"] == "float32" and row["tokens"] == floor["tokens"])
+    lines += ["", f"At {floor['tokens']:,} tokens PyTorch's float32 forward takes {floor['bound_over_torch_float32']:.2f}x "
+              f"that floor and ours {ours / floor['float32_floor_s']:.2f}x."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[128, 1024])
@@ -158,10 +189,11 @@ def main() -> None:
           f"{1e3 * floor['torch_float32_s']:.0f} ms; with causal attention at that rate the float32 floor is "
           f"{1e3 * floor['float32_floor_s']:.0f} ms, so no float32 forward can beat PyTorch's by more than "
           f"{floor['bound_over_torch_float32']:.2f}x here")
-    write_results(args.out, {"model": "smollm2", "batch": 1, "load_from_cache_s": float(np.median(load_times)),
-                             "forward": rows, "bfloat16_over_float32": bf16_over_f32,
-                             "attention_paths": {"tokens": longest, **paths},
-                             "roofline": {"tokens": longest, **floor}})
+    results = {"model": "smollm2", "batch": 1, "load_from_cache_s": float(np.median(load_times)),
+               "forward": rows, "bfloat16_over_float32": bf16_over_f32,
+               "attention_paths": {"tokens": longest, **paths}, "roofline": {"tokens": longest, **floor}}
+    write_results(args.out, results)
+    print(f"\nfor the README's Performance section:\n\n{markdown(json.loads(json.dumps(results)))}")
 
 
 if __name__ == "__main__":

@@ -55,13 +55,13 @@ CHILD = textwrap.dedent("""
     def gap(a, b):
         return {k: float(np.max(np.abs(np.asarray(a[k], np.float32) - np.asarray(b[k], np.float32)))) for k in a}
 
-    plain = paths(vlm, ())
+    plain, edited = paths(vlm, ()), paths(vlm, (edit,))
     mesh = Mesh(np.array(jax.devices()).reshape(4), ("fsdp",))
     out = {
         "scheme": gap(paths(with_scheme(vlm, "raster"), ()), plain),
         "fsdp": gap(paths(ji.shard(vlm, mesh, "fsdp"), ()), plain),
-        "default_edit": gap(paths(vlm.with_edits(edit), ()), paths(vlm, (edit,))),
-        "edit_changes_something": gap(paths(vlm, (edit,)), plain)["call"],
+        "default_edit": gap(paths(vlm.with_edits(edit), ()), edited),
+        "edit_changes_something": gap(edited, plain)["call"],
     }
     print("RESULT" + json.dumps(out))
 """)

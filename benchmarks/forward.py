@@ -105,9 +105,10 @@ def products_seconds(config, tokens: int, dtype: str, side: str, repeats: int) -
 
 
 def roofline(config, tokens: int, torch_float32_s: float, repeats: int) -> dict:
-    """The floor under any float32 forward on this machine: the weight products at XLA's measured
-    rate plus causal attention's products (q.k and p.v over the lower triangle, 4 H Dh T(T+1)/2
-    FLOPs a layer) at the same rate; `bound_over_torch_float32` is PyTorch's time over that floor."""
+    """The floor under a float32 forward with XLA's products on this machine: the weight products at
+    XLA's measured rate plus causal attention's products (q.k and p.v over the lower triangle,
+    4 H Dh T(T+1)/2 FLOPs a layer) at the same rate; `bound_over_torch_float32` is PyTorch's time over
+    that floor. PyTorch's own products are timed too, so a faster GEMM on its side would show."""
     out = {f"{side}_{dtype}_s": products_seconds(config, tokens, dtype, side, repeats)
            for side, dtype in (("jax", "float32"), ("jax", "bfloat16"), ("torch", "float32"))}
     weight_flops = sum(2 * tokens * inputs * outputs * count

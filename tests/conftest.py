@@ -10,7 +10,9 @@ import tempfile
 # programs cached), so its workers and child processes share a persistent compilation cache (the
 # same programs compile once per machine, not once per process), and LLVM compiles without its
 # optimisation passes (the same file: 180 s instead of 238 s; XLA's HLO passes still run). A user's own
-# settings win: both are defaults only. The cache keeps at most 2 GiB (least recently used go first).
+# settings win: both are defaults only. A run writes ~130 MiB there; the cache is not size-bounded,
+# because with JAX's bounded (LRU) mode two workers failed to write 1,778 entries whose bookkeeping
+# files the other had evicted (delete the folder to reclaim the space).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"jaxinterp-tests-xla-cache-{getpass.getuser()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -25,7 +27,6 @@ jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-jax.config.update("jax_compilation_cache_max_size", 2**31)  # least recently used entries go past 2 GiB (a run writes ~130 MiB)
 
 
 @pytest.fixture(scope="session")

@@ -120,6 +120,11 @@ def roofline(config, tokens: int, torch_float32_s: float, repeats: int) -> dict:
             "bound_over_torch_float32": torch_float32_s / floor}
 
 
+def _row(rows: list[dict], dtype: str, tokens: int) -> dict:
+    """The forward row of one dtype and length."""
+    return next(row for row in rows if row["dtype"] == dtype and row["tokens"] == tokens)
+
+
 def _ratio(speedup: float) -> str:
     """`1.13x faster`, `0.89x (PyTorch faster)` or `1.00x (even)`, judged on the printed figure."""
     shown = f"{speedup:.2f}"
@@ -144,7 +149,7 @@ def markdown(results: dict) -> str:
                  f"float32 ({floor['xla_float32_gflops']:.0f} GFLOP/s), {1e3 * floor['jax_bfloat16_s']:.0f} ms bfloat16 | "
                  f"{1e3 * floor['torch_float32_s']:.0f} ms float32 | floor with causal attention "
                  f"{1e3 * floor['float32_floor_s']:.0f} ms |")
-    ours = next(row["ours_s"] for row in results["forward"] if row["dtype"] == "float32" and row["tokens"] == floor["tokens"])
+    ours = _row(results["forward"], "float32", floor["tokens"])["ours_s"]
     lines += ["", f"At {floor['tokens']:,} tokens PyTorch's float32 forward takes {floor['bound_over_torch_float32']:.2f}x "
               f"that floor and ours {ours / floor['float32_floor_s']:.2f}x."]
     return "\n".join(lines)
@@ -183,8 +188,7 @@ def main() -> None:
     print(f"attention at {longest} tokens, float32: fused {1e3 * paths['fused_s']:.1f} ms, "
           f"materialised {1e3 * paths['materialised_s']:.1f} ms ({paths['materialised_s'] / paths['fused_s']:.2f}x); "
           f"temporary memory fused {paths['fused_temp_mb']:.0f} MiB, materialised {paths['materialised_temp_mb']:.0f} MiB")
-    torch_f32 = next(r["torch_s"] for r in rows if r["dtype"] == "float32" and r["tokens"] == longest)
-    floor = roofline(model.config, longest, torch_f32, args.repeats)
+    floor = roofline(model.config, longest, _row(rows, "float32", longest)["torch_s"], args.repeats)
     print(f"weight products alone at {longest} tokens: XLA float32 {1e3 * floor['jax_float32_s']:.0f} ms "
           f"({floor['xla_float32_gflops']:.0f} GFLOP/s), bfloat16 {1e3 * floor['jax_bfloat16_s']:.0f} ms, PyTorch float32 "
           f"{1e3 * floor['torch_float32_s']:.0f} ms; with causal attention at that rate the float32 floor is "
